@@ -1,9 +1,24 @@
 """cnnlab: train, evaluate and understand convolutional image classifiers."""
 
-from cnnlab.errors import CnnlabError
-from cnnlab.models import create_model, list_models, register_model
-from cnnlab.models.summary import summary
-
 __version__ = "0.1.0"
 
-__all__ = ["CnnlabError", "create_model", "list_models", "register_model", "summary", "__version__"]
+from cnnlab.api import Run, evaluate, fit, load_run, predict  # noqa: E402
+from cnnlab.config import Config, load_config  # noqa: E402
+from cnnlab.errors import CnnlabError  # noqa: E402
+from cnnlab.models import create_model, list_models, register_model  # noqa: E402
+from cnnlab.models.summary import summary  # noqa: E402
+from cnnlab.train.callbacks import (  # noqa: E402
+    Callback,
+    CSVLogger,
+    EarlyStopping,
+    ModelCheckpoint,
+    ReduceLROnPlateau,
+    StopOnTarget,
+    TensorBoard,
+)
+
+__all__ = [
+    "Callback", "CSVLogger", "CnnlabError", "Config", "EarlyStopping", "ModelCheckpoint", "ReduceLROnPlateau",
+    "Run", "StopOnTarget", "TensorBoard", "__version__", "create_model", "evaluate", "fit", "list_models",
+    "load_config", "load_run", "predict", "register_model", "summary",
+]

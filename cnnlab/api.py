@@ -1,0 +1,484 @@
+"""The Python API: fit, load_run, evaluate, predict, inspect. The CLI is a thin layer over these.
+
+    run = cnnlab.fit("digits", model="seed_cnn", epochs=5)
+    run.evaluate()                       # val / test metrics with a confusion matrix
+    run.predict(["img1.png", "folder/"]) # labels and probabilities
+    run = cnnlab.load_run("runs/...")    # everything back from a run folder alone
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import platform
+import re
+import sys
+import time
+import zipfile
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from torch import nn
+
+from cnnlab import __version__
+from cnnlab.config import Config, apply_overrides, config_from_dict, load_config, save_config, set_value
+from cnnlab.data.dataset import ImageGeometry, decode_image
+from cnnlab.data.loader import TensorBatches
+from cnnlab.data.readers import IMAGE_EXTENSIONS, load_source
+from cnnlab.errors import CnnlabError
+from cnnlab.models.summary import format_summary, summarize
+from cnnlab.prepare import (
+    build_callbacks,
+    build_loss,
+    build_model,
+    build_normalize,
+    has_conv,
+    is_regression_loss,
+    prepare_data,
+    resolve_monitor,
+    seed_everything,
+)
+from cnnlab.train.callbacks import Callback
+from cnnlab.train.checkpoint import load_weights_file, save_state, save_weights
+from cnnlab.train.loop import Trainer, resolve_device, resolve_precision
+from cnnlab.train.metrics import per_class_report
+from cnnlab.train.optim import create_optimizer, create_scheduler
+
+# Short keyword names accepted by fit(...) and the CLI, mapped to config fields.
+SHORT_NAMES = {
+    "data": "data.source", "val_split": "data.val_split", "image_size": "data.image_size",
+    "channels": "data.channels", "images": "data.images", "id_col": "data.id_col", "label_col": "data.label_col",
+    "normalize": "data.normalize", "model": "model.name", "model_kwargs": "model.kwargs", "weights": "model.weights",
+    "pretrained": "model.pretrained", "epochs": "train.epochs", "batch_size": "train.batch_size",
+    "optimizer": "train.optimizer", "lr": "train.lr", "momentum": "train.momentum", "nesterov": "train.nesterov",
+    "weight_decay": "train.weight_decay", "schedule": "train.schedule", "warmup_epochs": "train.warmup_epochs",
+    "loss": "train.loss", "label_smoothing": "train.label_smoothing", "seed": "train.seed",
+    "device": "train.device", "precision": "train.precision", "monitor": "callbacks.monitor",
+    "early_stopping": "callbacks.early_stopping", "reduce_lr": "callbacks.reduce_lr", "target": "callbacks.target",
+    "tensorboard": "callbacks.tensorboard", "out": "out", "quiet": "quiet",
+}
+
+
+def build_config(data: str | None = None, config: str | Path | Config | dict | None = None,
+                 overrides: list[str] | None = None, **kwargs: Any) -> Config:
+    """Defaults < config (file, dict or Config) < keyword arguments < dotted overrides."""
+    if isinstance(config, Config):
+        cfg = dataclasses.replace(config)
+        cfg = config_from_dict(config.to_dict())
+    elif isinstance(config, dict):
+        cfg = config_from_dict(config)
+    elif config is not None:
+        cfg = load_config(config)
+    else:
+        cfg = Config()
+    if data is not None:
+        cfg.data.source = str(data)
+    for key, value in kwargs.items():
+        if value is None:
+            continue
+        target = SHORT_NAMES.get(key, key.replace("__", "."))
+        set_value(cfg, target, value)
+    apply_overrides(cfg, overrides or [])
+    return cfg
+
+
+# ------------------------------------------------------------------------------------------------------------
+# run folders
+
+
+def _default_run_dir(model_name: str) -> Path:
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(model_name).stem if model_name.endswith(".yaml") else model_name)
+    base = Path("runs") / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{stem}"
+    path, n = base, 2
+    while path.exists():
+        path, n = Path(f"{base}-{n}"), n + 1
+    return path
+
+
+def create_run_dir(out: str | None, model_name: str) -> Path:
+    """A new, empty run folder. An existing folder holding a run or other files is refused, never overwritten."""
+    path = Path(out) if out else _default_run_dir(model_name)
+    if path.exists():
+        if not path.is_dir():
+            raise CnnlabError(f"--out {path} is a file; choose a folder path")
+        if (path / "config.yaml").exists():
+            raise CnnlabError(f"{path} already holds a run; choose another --out, or continue it with "
+                              f"`cnnlab train --resume {path}`")
+        if any(path.iterdir()):
+            raise CnnlabError(f"{path} is not empty; choose another --out so nothing in it is overwritten")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CnnlabError(f"cannot create the run folder {path}: {e.strerror}") from None
+    return path
+
+
+def environment_info(device: torch.device, precision: str) -> dict[str, Any]:
+    import timm
+    import torchvision
+
+    return {
+        "cnnlab": __version__, "python": platform.python_version(), "torch": str(torch.__version__),
+        "torchvision": str(torchvision.__version__), "timm": timm.__version__, "numpy": np.__version__,
+        "platform": platform.platform(), "device": str(device), "precision": precision,
+        "threads": torch.get_num_threads(), "command": " ".join(sys.argv),
+        "started": datetime.now().isoformat(timespec="seconds"),
+    }
+
+
+def _write_skipped(run_dir: Path, skipped: list[tuple[str, str]]) -> None:
+    if skipped:
+        lines = [f"{name}\t{reason}" for name, reason in skipped]
+        (run_dir / "skipped.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+# ------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """A trained model with its run folder, config, classes, history and metrics."""
+
+    dir: Path | None
+    config: Config
+    class_names: list[str]
+    model: nn.Module
+    trainer: Trainer
+    history: list[dict[str, Any]] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def geometry(self) -> ImageGeometry:
+        d = self.config.data
+        return ImageGeometry((d.image_size, d.image_size), d.channels)
+
+    def evaluate(self, data: str | None = None, split: str = "auto") -> dict[str, Any]:
+        return evaluate(self, data, split)
+
+    def predict(self, inputs: list[str] | str, csv_path: str | None = None) -> list[dict[str, Any]]:
+        return predict(self, inputs, csv_path)
+
+
+def _make_trainer(cfg: Config, model: nn.Module, num_classes: int, device: torch.device, precision: str,
+                  callbacks: list[Callback], console: Console) -> Trainer:
+    channels_last = has_conv(model)
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = create_optimizer(cfg.train.optimizer, [p for p in model.parameters() if p.requires_grad],
+                                 cfg.train.lr, cfg.train.momentum, cfg.train.nesterov, cfg.train.weight_decay)
+    return Trainer(model, build_loss(cfg, num_classes).to(device), optimizer, num_classes=num_classes,
+                   preprocess=build_normalize(cfg, device, channels_last), device=device, precision=precision,
+                   callbacks=callbacks, top_k=cfg.train.top_k, regression=is_regression_loss(cfg),
+                   grad_clip=cfg.train.grad_clip, console=console, quiet=cfg.quiet)
+
+
+def fit(data: str | None = None, *, config: str | Path | Config | dict | None = None,
+        callbacks: list[Callback] | None = None, overrides: list[str] | None = None, **kwargs: Any) -> Run:
+    """Train a model on `data` and write a run folder.
+
+    Args:
+        data: DATA as the CLI takes it (folder, zip, csv, npz, IDX folder, builtin name).
+        config: a YAML file, dict or Config to start from.
+        callbacks: extra Callback objects (beside those the config asks for).
+        overrides: dotted `section.key=value` strings.
+        **kwargs: short names (model, epochs, batch_size, lr, optimizer, loss, seed, out, quiet, ...) or any
+            config field as section__key.
+
+    Returns:
+        The Run: model, history, metrics and run folder.
+    """
+    cfg = build_config(data, config, overrides, **kwargs)
+    console = Console(highlight=False, quiet=cfg.quiet)
+    device = resolve_device(cfg.train.device)
+    precision = resolve_precision(cfg.train.precision, device)
+    run_dir = create_run_dir(cfg.out, cfg.model.name)
+    cfg.out = str(run_dir)
+    try:
+        return _fit_in(cfg, run_dir, device, precision, console, callbacks or [])
+    except BaseException:
+        if not any(run_dir.iterdir()):
+            run_dir.rmdir()  # nothing was written: leave no empty folder behind
+        raise
+
+
+def _fit_in(cfg: Config, run_dir: Path, device: torch.device, precision: str, console: Console,
+            extra_callbacks: list[Callback]) -> Run:
+    seed_everything(cfg.train.seed)
+    log = (lambda m: console.print(m, markup=False, soft_wrap=True)) if not cfg.quiet else (lambda m: None)
+    prepared = prepare_data(cfg, log)
+    classes = prepared.class_names
+    seed_everything(cfg.train.seed)
+    model = build_model(cfg, len(classes))
+    train_split, val_split = prepared.splits["train"], prepared.splits.get("val")
+    callbacks = build_callbacks(cfg, run_dir, val_split is not None) + extra_callbacks
+    trainer = _make_trainer(cfg, model, len(classes), device, precision, callbacks, console)
+    train = TensorBatches(train_split.x.to(device), train_split.y.to(device), cfg.train.batch_size, True,
+                          cfg.train.seed)
+    val = (TensorBatches(val_split.x.to(device), val_split.y.to(device), cfg.train.eval_batch_size, False)
+           if val_split is not None else None)
+    trainer.scheduler = create_scheduler(cfg.train.schedule, trainer.optimizer, cfg.train.epochs * len(train),
+                                         len(train), cfg.train.warmup_epochs, step_size=cfg.train.step_size,
+                                         gamma=cfg.train.gamma)
+    meta = environment_info(device, precision)
+    summary_text = format_summary(summarize(model, (cfg.data.channels, cfg.data.image_size, cfg.data.image_size),
+                                            device=device), title=f"Model: {cfg.model.name}")
+    _write_run_files(run_dir, cfg, meta, classes, summary_text, prepared)
+    counts = {s: len(v) for s, v in prepared.splits.items()}
+    log(f"cnnlab {__version__}: {cfg.model.name} on {prepared.source.name} ({len(classes)} classes, "
+        f"{cfg.data.channels}x{cfg.data.image_size}x{cfg.data.image_size}, "
+        + ", ".join(f"{k} {v}" for k, v in counts.items()) + f") on {device} ({precision}); run folder {run_dir}")
+
+    def save_last(epoch: int) -> None:
+        save_weights(model, run_dir / "last.safetensors")
+        save_state(training_state(trainer, epoch), run_dir / "last_state.pt")
+
+    t0 = time.perf_counter()
+    trainer.fit(train, val, cfg.train.epochs, on_epoch_saved=save_last)
+    wall = time.perf_counter() - t0
+    run = Run(run_dir, cfg, classes, model, trainer, trainer.history, meta=meta)
+    run.metrics = _final_metrics(run, prepared, val is not None, wall)
+    (run_dir / "metrics.json").write_text(json.dumps(run.metrics, indent=2), encoding="utf-8")
+    _print_final(run, log)
+    return run
+
+
+def training_state(trainer: Trainer, epoch: int) -> dict[str, Any]:
+    """Everything besides the weights that a resumed run needs (plain tensors and values only)."""
+    return {
+        "epoch": epoch + 1, "global_step": trainer.global_step, "optimizer": trainer.optimizer.state_dict(),
+        "scheduler": trainer.scheduler.state_dict() if trainer.scheduler is not None else None,
+        "callbacks": [cb.state_dict() for cb in trainer.callbacks], "history": trainer.history,
+        "torch_rng": torch.get_rng_state(),
+    }
+
+
+def _write_run_files(run_dir: Path, cfg: Config, meta: dict, classes: list[str], summary_text: str,
+                     prepared) -> None:
+    extra = {"meta": meta, "resolved": {"num_classes": len(classes), "data_kind": prepared.source.kind,
+                                        "label_col": prepared.source.label_col,
+                                        "counts": {s: len(v) for s, v in prepared.splits.items()}}}
+    save_config(cfg, run_dir / "config.yaml", extra)
+    (run_dir / "classes.json").write_text(json.dumps(classes, indent=2, ensure_ascii=False), encoding="utf-8")
+    (run_dir / "summary.txt").write_text(summary_text + "\n", encoding="utf-8")
+    _write_skipped(run_dir, prepared.skipped)
+
+
+def _final_metrics(run: Run, prepared, has_val: bool, wall: float) -> dict[str, Any]:
+    """Final-epoch logs, the best epoch on the monitor, and val / test metrics of the best weights."""
+    cfg, trainer = run.config, run.trainer
+    history = run.history
+    monitor = resolve_monitor(cfg, has_val)
+    best_path = run.dir / "best.safetensors"
+    if best_path.exists():
+        run.model.load_state_dict(load_weights_file(best_path))
+    out: dict[str, Any] = {"monitor": monitor, "epochs_run": len(history),
+                           "train_time_s": round(sum(h.get("time", 0) for h in history), 3),
+                           "wall_time_s": round(wall, 3), "final": history[-1] if history else {}}
+    values = [h.get(monitor) for h in history]
+    if any(v is not None for v in values):
+        from cnnlab.train.callbacks import resolve_mode
+
+        pick = max if resolve_mode(monitor, "auto") == "max" else min
+        best_epoch = pick((i for i, v in enumerate(values) if v is not None), key=lambda i: values[i])
+        out["best"] = {"epoch": best_epoch + 1, monitor: values[best_epoch]}
+    for split in ("val", "test"):
+        if split in prepared.splits:
+            data = prepared.splits[split]
+            batches = TensorBatches(data.x.to(trainer.device), data.y.to(trainer.device),
+                                    cfg.train.eval_batch_size, False)
+            logs, cm = trainer.evaluate(batches, prefix="")
+            out[split] = {**logs, "confusion_matrix": cm}
+    return out
+
+
+def _print_final(run: Run, log) -> None:
+    m = run.metrics
+    parts = [f"{s} accuracy {m[s]['accuracy']:.4f}" for s in ("val", "test") if s in m]
+    log(f"Done in {m['wall_time_s']:.1f}s ({m['epochs_run']} epochs). Best weights: " + ", ".join(parts))
+    log(f"Run folder: {run.dir}")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# loading runs, evaluate, predict
+
+
+def load_run(path: str | Path, weights: str = "best", device: str | None = None) -> Run:
+    """Rebuild a trained model from its run folder (config.yaml, classes.json, best or last weights)."""
+    run_dir = Path(path)
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        raise CnnlabError(f"{run_dir} is not a cnnlab run folder (no config.yaml); pass the folder `cnnlab train` "
+                          "printed")
+    import yaml
+
+    raw = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
+    cfg = config_from_dict(raw)
+    classes = json.loads((run_dir / "classes.json").read_text(encoding="utf-8"))
+    cfg.quiet = True
+    dev = resolve_device(device or cfg.train.device)
+    precision = resolve_precision(cfg.train.precision, dev)
+    cfg.model.weights, cfg.model.pretrained = None, False  # the run's own weights are loaded below
+    model = build_model(cfg, len(classes))
+    candidates = [run_dir / f"{weights}.safetensors", run_dir / "last.safetensors"]
+    found = next((p for p in candidates if p.is_file()), None)
+    if found is None:
+        raise CnnlabError(f"{run_dir} has no weights ({weights}.safetensors or last.safetensors)")
+    model.load_state_dict(load_weights_file(found))
+    trainer = _make_trainer(cfg, model, len(classes), dev, precision, [], Console(quiet=True))
+    history = []
+    if (run_dir / "metrics.json").is_file():
+        metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    else:
+        metrics = {}
+    return Run(run_dir, cfg, classes, model, trainer, history, metrics, raw.get("meta", {}))
+
+
+def _same_source(a: str, b: str) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return a == b
+
+
+def evaluate(run: Run | str | Path, data: str | None = None, split: str = "auto") -> dict[str, Any]:
+    """Metrics, confusion matrix and per-class report of `run` on a split of `data`.
+
+    split "auto": the test split if the data has one; else, for the data the run was trained on, its val split
+    (recreated with the run's seed); else every image.
+    """
+    if not isinstance(run, Run):
+        run = load_run(run)
+    cfg = run.config
+    data = data or cfg.data.source
+    same = _same_source(data, cfg.data.source)
+    d = cfg.data
+    opts = {"images": d.images, "id_col": d.id_col, "label_col": d.label_col} if same else {}
+    probe = load_source(data, val_split=0.0, **opts)
+    if split == "auto":
+        split = "test" if "test" in probe.splits else ("val" if (same or "val" in probe.splits) else "train")
+    src = load_source(data, val_split=d.val_split if same else 0.0, seed=cfg.train.seed, **opts) \
+        if split == "val" and "val" not in probe.splits else probe
+    if split not in src.splits:
+        raise CnnlabError(f"{data} has no '{split}' split (it has {', '.join(src.splits)})")
+    labels = _map_labels(src.class_names, run.class_names, data)
+    from cnnlab.data.dataset import decode_split
+
+    decoded = decode_split(src, src.splits[split], run.geometry, d.resize)
+    y = torch.from_numpy(labels[decoded.y.numpy()])
+    dev = run.trainer.device
+    batches = TensorBatches(decoded.x.to(dev), y.to(dev), cfg.train.eval_batch_size, False)
+    logs, cm = run.trainer.evaluate(batches, prefix="")
+    return {"data": str(data), "split": split, "count": len(y), **logs, "confusion_matrix": cm,
+            "per_class": per_class_report(cm, run.class_names), "skipped": len(decoded.skipped)}
+
+
+def _map_labels(data_classes: list[str], run_classes: list[str], data: str) -> np.ndarray:
+    unknown = [c for c in data_classes if c not in run_classes]
+    if unknown:
+        raise CnnlabError(f"{data} has classes the model was not trained on: {', '.join(unknown[:5])} "
+                          f"(the model knows {', '.join(run_classes[:10])})")
+    return np.array([run_classes.index(c) for c in data_classes], dtype=np.int64)
+
+
+def _collect_inputs(inputs: list[str]) -> list[tuple[str, Any]]:
+    """(id, reader) for each image in files, folders (recursive) and zip archives."""
+    found: list[tuple[str, Any]] = []
+    for item in inputs:
+        path = Path(item)
+        if not path.exists():
+            raise CnnlabError(f"no such file or folder: {item}")
+        if path.is_dir():
+            for p in sorted(path.rglob("*")):
+                rel = p.relative_to(path)
+                if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not any(
+                        s.startswith(".") for s in rel.parts):
+                    found.append((rel.as_posix(), p.read_bytes))
+        elif path.suffix.lower() == ".zip":
+            from cnnlab.data.readers import _is_hidden, _zip_entries
+
+            archive = zipfile.ZipFile(path)
+            for rel, entry in _zip_entries(path)[0]:
+                parts = PurePosixPath(rel).parts
+                if Path(rel).suffix.lower() in IMAGE_EXTENSIONS and not _is_hidden(parts):
+                    found.append((rel, lambda e=entry, z=archive: z.read(e)))
+        else:
+            found.append((path.name, path.read_bytes))
+    if not found:
+        raise CnnlabError(f"no images found in {', '.join(inputs)}")
+    return found
+
+
+def predict(run: Run | str | Path, inputs: list[str] | str, csv_path: str | None = None,
+            id_format: str = "auto") -> list[dict[str, Any]]:
+    """Predicted class and probabilities for each image; optionally a Kaggle-style CSV (id, label, probs).
+
+    id_format: "name" (file name, as Kaggle ids usually are), "stem" (without extension), "path" (relative
+    path), or "auto" (stem when the run was trained from a CSV whose ids have no extension, else name).
+    """
+    if not isinstance(run, Run):
+        run = load_run(run)
+    if isinstance(inputs, (str, Path)):
+        inputs = [str(inputs)]
+    items = _collect_inputs(list(inputs))
+    geom = run.geometry
+    arrays, ids, skipped = [], [], []
+    for ident, read in items:
+        try:
+            arrays.append(decode_image(read(), geom.channels, geom.size[0], run.config.data.resize))
+            ids.append(ident)
+        except Exception as e:  # noqa: BLE001  (a bad image is reported, never fatal)
+            skipped.append((ident, f"{type(e).__name__}"))
+    if not arrays:
+        raise CnnlabError(f"none of the {len(items)} images could be decoded")
+    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    probs = run.trainer.predict_proba(x, run.config.train.eval_batch_size)
+    rows = []
+    for ident, p in zip(ids, probs):
+        k = int(p.argmax())
+        rows.append({"id": _format_id(ident, id_format, run), "label": run.class_names[k],
+                     "confidence": float(p[k]), "probabilities": dict(zip(run.class_names, map(float, p)))})
+    if csv_path:
+        write_predictions_csv(rows, csv_path, run)
+    for ident, reason in skipped:
+        print(f"warning: skipped {ident} ({reason})", file=sys.stderr)
+    return rows
+
+
+def _format_id(ident: str, fmt: str, run: Run) -> str:
+    if fmt == "auto":
+        fmt = "name"
+    if fmt == "name":
+        return PurePosixPath(ident).name
+    if fmt == "stem":
+        return PurePosixPath(ident).stem
+    return ident
+
+
+def write_predictions_csv(rows: list[dict[str, Any]], path: str, run: Run) -> None:
+    """Columns: id, the label column (named as in the training CSV, else 'label'), then prob_<class> each."""
+    label_col = _run_label_col(run)
+    out = Path(path)
+    with open(out, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", label_col, *(f"prob_{c}" for c in run.class_names)])
+        for r in rows:
+            writer.writerow([r["id"], r["label"], *(f"{r['probabilities'][c]:.6f}" for c in run.class_names)])
+
+
+def _run_label_col(run: Run) -> str:
+    if run.dir is not None and (run.dir / "config.yaml").is_file():
+        import yaml
+
+        raw = yaml.safe_load((run.dir / "config.yaml").read_text(encoding="utf-8")) or {}
+        col = (raw.get("resolved") or {}).get("label_col")
+        if col:
+            return str(col)
+    return run.config.data.label_col or "label"

@@ -1,0 +1,223 @@
+"""Run configuration: dataclass sections, YAML load/save (safe_load only) and dotted overrides.
+
+Precedence, lowest first: defaults < `--config FILE.yaml` < CLI flags < `--set section.key=value`.
+The resolved config is written to every run folder as config.yaml; `cnnlab train --config
+runs/X/config.yaml` reruns it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cnnlab.errors import CnnlabError
+
+
+@dataclass
+class DataConfig:
+    source: str = "digits"
+    val_split: float = 0.2
+    image_size: int | None = None  # square side in pixels; None: native if uniform, else median short side
+    channels: int | None = None  # 1 or 3; None: 1 if every image is grayscale, else 3
+    resize: str = "crop"  # crop (short side + center crop) | squash
+    images: str | None = None  # image folder or zip for a CSV source (default: detected beside the CSV)
+    id_col: str | None = None  # CSV id column (default: detected)
+    label_col: str | None = None  # CSV label column (default: detected)
+    skip_missing: bool = False  # CSV ids without an image: skip them instead of stopping
+    memory_budget_mb: int = 4096  # decoded uint8 images up to this size are held in memory
+    normalize: str = "standardize"  # standardize (train mean/std) | scale ([0,1]) | model (the model's mean/std)
+    mean: list[float] | None = None  # resolved per channel, in [0,1] units
+    std: list[float] | None = None
+
+
+@dataclass
+class ModelConfig:
+    name: str = "seed_cnn"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    weights: str | None = None  # a local checkpoint to start from
+    pretrained: bool = False  # timm/torchvision pretrained weights (downloads; online users)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int | str = 128  # an int, or "full" for batch gradient descent
+    optimizer: str = "adam"
+    lr: float | None = None  # None: the optimizer's default (adam 3e-3 peak with one-cycle; sgd 0.05)
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    schedule: str = "onecycle"  # constant | step | cosine | onecycle
+    warmup_epochs: float = 0.0
+    step_size: int = 10  # epochs between drops, for the step schedule
+    gamma: float = 0.1  # drop factor, for the step schedule
+    loss: str = "cross_entropy"  # cross_entropy | bce | mse | mae
+    label_smoothing: float = 0.0
+    top_k: int = 5
+    grad_clip: float | None = None
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:1 | mps
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    eval_batch_size: int = 512
+
+
+@dataclass
+class CallbacksConfig:
+    monitor: str = "auto"  # auto: val_accuracy when there is a val split, else accuracy
+    checkpoint: bool = True  # ModelCheckpoint: best weights on `monitor`
+    early_stopping: int | None = None  # patience in epochs; None: off
+    restore_best: bool = True  # EarlyStopping(restore_best_weights=...)
+    reduce_lr: int | None = None  # ReduceLROnPlateau patience; None: off
+    reduce_lr_factor: float = 0.1
+    min_lr: float = 0.0
+    target: float | None = None  # stop once `monitor` reaches this value
+    csv: bool = True
+    tensorboard: bool = True
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
+    out: str | None = None
+    quiet: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _section_types(section: Any) -> dict[str, Any]:
+    return typing.get_type_hints(type(section))
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Convert `value` (often a string from the command line) to the field's type."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except (ValueError, TypeError, CnnlabError) as e:
+                errors.append(str(e))
+        raise CnnlabError(f"{where}: cannot use {value!r} ({'; '.join(errors)})")
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+            return value.lower() in ("true", "yes", "1", "on")
+        raise CnnlabError(f"{where}: expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise CnnlabError(f"{where}: expected a whole number, got {value!r}")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise CnnlabError(f"{where}: expected a whole number, got {value!r}") from None
+    if hint is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise CnnlabError(f"{where}: expected a number, got {value!r}") from None
+    if hint is str:
+        if isinstance(value, (dict, list)):
+            raise CnnlabError(f"{where}: expected text, got {value!r}")
+        return str(value)
+    if origin is list:
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        return [_coerce(v, args[0], where) for v in value]
+    if origin is dict:
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        if not isinstance(value, dict):
+            raise CnnlabError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    return value
+
+
+def set_value(cfg: Config, dotted: str, value: Any) -> None:
+    """Set `section.key` (or a top-level key) to `value`, converting it to the field's type."""
+    parts = dotted.split(".")
+    target: Any = cfg
+    for part in parts[:-1]:
+        if not dataclasses.is_dataclass(target) or not hasattr(target, part):
+            raise CnnlabError(f"unknown config section '{part}' in '{dotted}': sections are "
+                              f"{', '.join(f.name for f in dataclasses.fields(Config))}")
+        target = getattr(target, part)
+    key = parts[-1]
+    names = [f.name for f in dataclasses.fields(target)]
+    if key not in names:
+        raise CnnlabError(f"unknown config key '{dotted}': {'.'.join(parts[:-1]) or 'top level'} has "
+                          f"{', '.join(names)}")
+    hint = _section_types(target)[key]
+    if dataclasses.is_dataclass(getattr(target, key)):
+        if not isinstance(value, dict):
+            raise CnnlabError(f"config section '{dotted}' must be a mapping")
+        for k, v in value.items():
+            set_value(cfg, f"{dotted}.{k}", v)
+        return
+    setattr(target, key, _coerce(value, hint, dotted))
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> None:
+    """Apply `section.key=value` strings (values parsed as YAML scalars: 3e-4, true, [1, 2])."""
+    for item in overrides:
+        if "=" not in item:
+            raise CnnlabError(f"--set expects section.key=value, got '{item}' (e.g. --set train.lr=3e-4)")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            value = raw
+        set_value(cfg, key.strip(), value)
+
+
+def merge_dict(cfg: Config, data: dict[str, Any], origin: str = "config") -> None:
+    """Apply a nested mapping (a parsed config.yaml) onto `cfg`."""
+    for key, value in data.items():
+        if key in ("meta", "resolved"):  # written by cnnlab for the record; not settings
+            continue
+        set_value(cfg, key, value)
+
+
+def load_config(path: str | Path, base: Config | None = None) -> Config:
+    """Read a YAML config (yaml.safe_load) onto `base` (default: the defaults)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CnnlabError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise CnnlabError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise CnnlabError(f"{path} must hold a mapping of sections (data:, model:, train:, ...)")
+    cfg = base or Config()
+    merge_dict(cfg, data, str(path))
+    return cfg
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    cfg = Config()
+    merge_dict(cfg, data)
+    return cfg
+
+
+def save_config(cfg: Config, path: str | Path, extra: dict[str, Any] | None = None) -> None:
+    data = cfg.to_dict()
+    if extra:
+        data.update(extra)
+    Path(path).write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")

@@ -1,0 +1,144 @@
+"""From a Config to everything a run needs: decoded splits, preprocessing, model, loss, optimizer, callbacks.
+
+Shared by `fit` (new runs, resumed runs) and `load_run` (evaluate / predict from a run folder), so a run is
+rebuilt from its config.yaml exactly as it was trained.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from cnnlab.config import Config
+from cnnlab.data.dataset import DecodedSplit, ImageGeometry, channel_stats, decode_split, infer_geometry
+from cnnlab.data.readers import DataSource, load_source, skipped_summary
+from cnnlab.data.transforms import Normalize
+from cnnlab.errors import CnnlabError
+from cnnlab.models import create_model
+from cnnlab.train import callbacks as cbs
+from cnnlab.train.losses import REGRESSION_LOSSES, create_loss
+
+
+@dataclass
+class PreparedData:
+    source: DataSource
+    geometry: ImageGeometry
+    splits: dict[str, DecodedSplit]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.source.class_names
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    os.environ.setdefault("PYTHONHASHSEED", str(seed))
+
+
+def prepare_data(cfg: Config, log=print) -> PreparedData:
+    """Read and decode every split of cfg.data.source; resolves image size, channels, mean and std into cfg."""
+    d = cfg.data
+    src = load_source(d.source, val_split=d.val_split, seed=cfg.train.seed, images=d.images, id_col=d.id_col,
+                      label_col=d.label_col, skip_missing=d.skip_missing)
+    geom = infer_geometry(src, d.image_size, d.channels)
+    h, w = geom.size
+    total = sum(len(s) for s in src.splits.values()) * geom.channels * h * w / 2**20
+    if total > d.memory_budget_mb:
+        raise CnnlabError(
+            f"the decoded images need {total:,.0f} MB, over the memory budget of {d.memory_budget_mb:,} MB: "
+            "use a smaller --image-size or raise --set data.memory_budget_mb=N"
+        )
+    splits = {name: decode_split(src, split, geom, d.resize) for name, split in src.splits.items()}
+    skipped = list(src.skipped) + [s for sp in splits.values() for s in sp.skipped]
+    if skipped:
+        log(f"warning: skipped {len(skipped)} files ({skipped_summary(skipped)}); listed in skipped.txt")
+    d.image_size, d.channels = h, geom.channels
+    if d.mean is None or d.std is None:
+        if d.normalize == "standardize":
+            d.mean, d.std = channel_stats(splits["train"].x)
+        elif d.normalize == "scale":
+            d.mean, d.std = [0.0] * geom.channels, [1.0] * geom.channels
+        elif d.normalize != "model":
+            raise CnnlabError(f"unknown data.normalize '{d.normalize}': use standardize, scale or model")
+    return PreparedData(src, geom, splits, skipped)
+
+
+def build_model(cfg: Config, num_classes: int) -> nn.Module:
+    """create_model from cfg.model, plus --weights; resolves model-mean/std normalisation into cfg."""
+    d = cfg.data
+    model = create_model(cfg.model.name, num_classes, in_chans=d.channels, input_size=(d.image_size, d.image_size),
+                         pretrained=cfg.model.pretrained, **cfg.model.kwargs)
+    if cfg.model.weights:
+        load_initial_weights(model, cfg.model.weights)
+    if d.normalize == "model" and (d.mean is None or d.std is None):
+        mcfg = getattr(model, "default_cfg", {}) or {}
+        mean, std = mcfg.get("mean", (0.485, 0.456, 0.406)), mcfg.get("std", (0.229, 0.224, 0.225))
+        d.mean = [float(v) for v in mean][: d.channels] if d.channels == 3 else [float(np.mean(mean))]
+        d.std = [float(v) for v in std][: d.channels] if d.channels == 3 else [float(np.mean(std))]
+    return model
+
+
+def load_initial_weights(model: nn.Module, path: str) -> None:
+    if not Path(path).is_file():
+        raise CnnlabError(f"weights file not found: {path}")
+    try:
+        from cnnlab.models.weights import load_weights  # third-party checkpoints (key mapping, reports)
+    except ImportError:
+        from cnnlab.train.checkpoint import load_weights_file
+
+        model.load_state_dict(load_weights_file(path))
+        return
+    load_weights(model, path)
+
+
+def build_loss(cfg: Config, num_classes: int) -> nn.Module:
+    return create_loss(cfg.train.loss, num_classes, label_smoothing=cfg.train.label_smoothing)
+
+
+def is_regression_loss(cfg: Config) -> bool:
+    return cfg.train.loss in REGRESSION_LOSSES
+
+
+def build_normalize(cfg: Config, device: torch.device, channels_last: bool) -> Normalize:
+    return Normalize(cfg.data.mean, cfg.data.std, device, channels_last)
+
+
+def has_conv(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+def resolve_monitor(cfg: Config, has_val: bool) -> str:
+    if cfg.callbacks.monitor != "auto":
+        return cfg.callbacks.monitor
+    return "val_accuracy" if has_val else "accuracy"
+
+
+def build_callbacks(cfg: Config, run_dir: Path, has_val: bool, resume: bool = False) -> list[cbs.Callback]:
+    """The callbacks the config asks for, in a fixed order (their states are saved in that order)."""
+    c = cfg.callbacks
+    monitor = resolve_monitor(cfg, has_val)
+    out: list[cbs.Callback] = [cbs.ProgressBar(quiet=cfg.quiet)]
+    if c.checkpoint:
+        out.append(cbs.ModelCheckpoint(run_dir / "best.safetensors", monitor=monitor))
+    if c.early_stopping is not None:
+        out.append(cbs.EarlyStopping(monitor=monitor, patience=c.early_stopping,
+                                     restore_best_weights=c.restore_best))
+    if c.reduce_lr is not None:
+        out.append(cbs.ReduceLROnPlateau(monitor=monitor, factor=c.reduce_lr_factor, patience=c.reduce_lr,
+                                         min_lr=c.min_lr))
+    if c.target is not None:
+        out.append(cbs.StopOnTarget(c.target, monitor=monitor))
+    if c.csv:
+        out.append(cbs.CSVLogger(run_dir / "metrics.csv", append=resume))
+    if c.tensorboard:
+        out.append(cbs.TensorBoard(run_dir / "tensorboard"))
+    return out

@@ -1,0 +1,106 @@
+"""Optimizers and learning-rate schedules by name.
+
+Schedules are per-step multipliers of the base learning rate (a LambdaLR), so ReduceLROnPlateau can scale
+the base rates underneath any schedule. Batch size "full" is batch gradient descent, 1 is stochastic
+gradient descent, anything between is mini-batch gradient descent.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+
+import torch
+
+from cnnlab.errors import CnnlabError
+from cnnlab.registry import Registry
+
+OPTIMIZERS = Registry("optimizer")
+SCHEDULES = Registry("schedule")
+
+# Default peak learning rates. Adam 3e-3 with one-cycle: 99.1% MNIST test with seed_cnn in 3 epochs
+# (benchmarks/bench_speed.py); SGD's usual 0.05 with momentum 0.9.
+DEFAULT_LR = {"adam": 3e-3, "adamw": 3e-3, "sgd": 0.05, "rmsprop": 1e-3}
+
+
+@OPTIMIZERS.register("sgd", doc="SGD with momentum / Nesterov")
+def sgd(params, lr: float, momentum: float = 0.9, nesterov: bool = False, weight_decay: float = 0.0):
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0,
+                           weight_decay=weight_decay)
+
+
+@OPTIMIZERS.register("adam", doc="Adam (L2 weight decay added to the gradient)")
+def adam(params, lr: float, weight_decay: float = 0.0, **_):
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+
+
+@OPTIMIZERS.register("adamw", doc="AdamW (decoupled weight decay)")
+def adamw(params, lr: float, weight_decay: float = 0.01, **_):
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+@OPTIMIZERS.register("rmsprop", doc="RMSprop with momentum")
+def rmsprop(params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0, **_):
+    return torch.optim.RMSprop(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def create_optimizer(name: str, params: Iterable, lr: float | None, momentum: float = 0.9, nesterov: bool = False,
+                     weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    builder = OPTIMIZERS.get(name)
+    lr = DEFAULT_LR[name.lower()] if lr is None else lr
+    if lr <= 0:
+        raise CnnlabError(f"the learning rate must be positive, got {lr}")
+    if name.lower() == "sgd":
+        return builder(params, lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
+    return builder(params, lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def _warmup(step: int, warmup_steps: int) -> float:
+    return min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+
+
+@SCHEDULES.register("constant", doc="constant learning rate (after warmup)")
+def constant(total_steps: int, steps_per_epoch: int, warmup_steps: int, **_) -> Callable[[int], float]:
+    return lambda step: _warmup(step, warmup_steps)
+
+
+@SCHEDULES.register("step", doc="multiply by gamma every step_size epochs")
+def step_schedule(total_steps: int, steps_per_epoch: int, warmup_steps: int, step_size: int = 10,
+                  gamma: float = 0.1, **_) -> Callable[[int], float]:
+    return lambda step: _warmup(step, warmup_steps) * gamma ** (step // max(1, step_size * steps_per_epoch))
+
+
+@SCHEDULES.register("cosine", doc="cosine decay to zero over the run (after warmup)")
+def cosine(total_steps: int, steps_per_epoch: int, warmup_steps: int, **_) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if step < warmup_steps:
+            return _warmup(step, warmup_steps)
+        t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+    return f
+
+
+@SCHEDULES.register("onecycle", doc="one-cycle (Smith 2018): warm up to the peak over 25%, cosine anneal")
+def onecycle(total_steps: int, steps_per_epoch: int, warmup_steps: int, pct_start: float = 0.25,
+             div_factor: float = 25.0, final_div_factor: float = 1e4, **_) -> Callable[[int], float]:
+    up = max(1, warmup_steps or int(total_steps * pct_start))
+    start, end = 1 / div_factor, 1 / (div_factor * final_div_factor)
+
+    def f(step: int) -> float:
+        if step < up:
+            return start + (1 - start) * (1 - math.cos(math.pi * step / up)) / 2
+        t = min(1.0, (step - up) / max(1, total_steps - up))
+        return end + (1 - end) * (1 + math.cos(math.pi * t)) / 2
+
+    return f
+
+
+def create_scheduler(name: str, optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: int,
+                     warmup_epochs: float = 0.0, **kwargs) -> torch.optim.lr_scheduler.LambdaLR:
+    factory = SCHEDULES.get(name)
+    warmup_steps = int(round(warmup_epochs * steps_per_epoch))
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, factory(total_steps=total_steps, steps_per_epoch=steps_per_epoch, warmup_steps=warmup_steps,
+                           **kwargs)
+    )
