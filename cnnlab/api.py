@@ -61,7 +61,7 @@ SHORT_NAMES = {
     "loss": "train.loss", "label_smoothing": "train.label_smoothing", "seed": "train.seed",
     "device": "train.device", "precision": "train.precision", "monitor": "callbacks.monitor",
     "early_stopping": "callbacks.early_stopping", "reduce_lr": "callbacks.reduce_lr", "target": "callbacks.target",
-    "tensorboard": "callbacks.tensorboard", "out": "out", "quiet": "quiet",
+    "tensorboard": "callbacks.tensorboard", "out": "out", "verbose": "verbose",
 }
 
 
@@ -82,6 +82,8 @@ def build_config(data: str | None = None, config: str | Path | Config | dict | N
     for key, value in kwargs.items():
         if value is None:
             continue
+        if key == "quiet":  # --quiet: epoch lines for logs, no progress bar
+            key, value = "verbose", 2 if value else 1
         target = SHORT_NAMES.get(key, key.replace("__", "."))
         set_value(cfg, target, value)
     apply_overrides(cfg, overrides or [])
@@ -177,7 +179,7 @@ def _make_trainer(cfg: Config, model: nn.Module, num_classes: int, device: torch
     return Trainer(model, build_loss(cfg, num_classes).to(device), optimizer, num_classes=num_classes,
                    preprocess=build_normalize(cfg, device, channels_last), device=device, precision=precision,
                    callbacks=callbacks, top_k=cfg.train.top_k, regression=is_regression_loss(cfg),
-                   grad_clip=cfg.train.grad_clip, console=console, quiet=cfg.quiet)
+                   grad_clip=cfg.train.grad_clip, console=console)
 
 
 def fit(data: str | None = None, *, config: str | Path | Config | dict | None = None,
@@ -196,7 +198,7 @@ def fit(data: str | None = None, *, config: str | Path | Config | dict | None = 
         The Run: model, history, metrics and run folder.
     """
     cfg = build_config(data, config, overrides, **kwargs)
-    console = Console(highlight=False, quiet=cfg.quiet)
+    console = Console(highlight=False, quiet=cfg.verbose == 0)
     device = resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, device)
     run_dir = create_run_dir(cfg.out, cfg.model.name)
@@ -212,7 +214,7 @@ def fit(data: str | None = None, *, config: str | Path | Config | dict | None = 
 def _fit_in(cfg: Config, run_dir: Path, device: torch.device, precision: str, console: Console,
             extra_callbacks: list[Callback]) -> Run:
     seed_everything(cfg.train.seed)
-    log = (lambda m: console.print(m, markup=False, soft_wrap=True)) if not cfg.quiet else (lambda m: None)
+    log = lambda m: console.print(m, markup=False, soft_wrap=True)  # noqa: E731
     prepared = prepare_data(cfg, log)
     classes = prepared.class_names
     seed_everything(cfg.train.seed)
@@ -322,7 +324,7 @@ def load_run(path: str | Path, weights: str = "best", device: str | None = None)
     raw = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
     cfg = config_from_dict(raw)
     classes = json.loads((run_dir / "classes.json").read_text(encoding="utf-8"))
-    cfg.quiet = True
+    cfg.verbose = 0
     dev = resolve_device(device or cfg.train.device)
     precision = resolve_precision(cfg.train.precision, dev)
     cfg.model.weights, cfg.model.pretrained = None, False  # the run's own weights are loaded below
@@ -333,7 +335,7 @@ def load_run(path: str | Path, weights: str = "best", device: str | None = None)
         raise CnnlabError(f"{run_dir} has no weights ({weights}.safetensors or last.safetensors)")
     model.load_state_dict(load_weights_file(found))
     trainer = _make_trainer(cfg, model, len(classes), dev, precision, [], Console(quiet=True))
-    history = []
+    history: list[dict[str, Any]] = []
     if (run_dir / "metrics.json").is_file():
         metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     else:

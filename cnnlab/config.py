@@ -88,7 +88,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
     out: str | None = None
-    quiet: bool = False
+    verbose: int = 1  # as Keras: 0 silent, 1 progress bar and epoch lines, 2 epoch lines only (--quiet)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -126,7 +126,7 @@ def build_callbacks(cfg: Config, run_dir: Path, has_val: bool, resume: bool = Fa
     """The callbacks the config asks for, in a fixed order (their states are saved in that order)."""
     c = cfg.callbacks
     monitor = resolve_monitor(cfg, has_val)
-    out: list[cbs.Callback] = [cbs.ProgressBar(quiet=cfg.quiet)]
+    out: list[cbs.Callback] = [cbs.ProgressBar(quiet=cfg.verbose != 1)]
     if c.checkpoint:
         out.append(cbs.ModelCheckpoint(run_dir / "best.safetensors", monitor=monitor))
     if c.early_stopping is not None:

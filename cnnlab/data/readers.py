@@ -390,7 +390,8 @@ def _check_images_array(x: np.ndarray, where: str) -> np.ndarray:
         x = np.clip(x, 0, 255).astype(np.uint8)
     if x.shape[-1] == 4:
         x = x[..., :3]
-    return np.ascontiguousarray(x)
+    x = np.ascontiguousarray(x)
+    return x if x.flags.writeable else x.copy()  # IDX arrays are views of read-only bytes
 
 
 def _array_split(x: np.ndarray, y: np.ndarray, where: str, prefix: str = "") -> Split:

@@ -237,7 +237,7 @@ class CSVLogger(Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
         if self.keys is None:
-            self.keys = sorted(k for k, v in logs.items() if isinstance(v, (int, float)))
+            self.keys = sorted(k for k, v in logs.items() if isinstance(v, (int, float)) and k != "epoch")
         new = not self.filename.exists()
         with open(self.filename, "a", newline="") as f:
             writer = csv.writer(f, delimiter=self.separator)

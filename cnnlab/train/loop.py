@@ -72,7 +72,7 @@ class Trainer:
                  augment: Callable[[torch.Tensor, torch.Tensor], tuple] | None = None,
                  device: torch.device, precision: str = "fp32", callbacks: list[Callback] | None = None,
                  top_k: int = 5, regression: bool = False, grad_clip: float | None = None,
-                 console: Console | None = None, quiet: bool = False) -> None:
+                 console: Console | None = None) -> None:
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
         self.num_classes = num_classes
         self.preprocess, self.augment = preprocess, augment
@@ -80,7 +80,6 @@ class Trainer:
         self.callbacks = list(callbacks or [])
         self.top_k, self.regression, self.grad_clip = top_k, regression, grad_clip
         self.console = console or Console(stderr=False, highlight=False)
-        self.quiet = quiet
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
         self.scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
         self.stop_training = False
@@ -96,8 +95,8 @@ class Trainer:
 
     # -- helpers used by callbacks ---------------------------------------------------------------------------
     def log(self, message: str) -> None:
-        if not self.quiet:
-            self.console.print(message, markup=False, soft_wrap=True)
+        """One log line (epoch summaries, callback events); --quiet only hides the progress bar."""
+        self.console.print(message, markup=False, soft_wrap=True)
 
     def save_weights(self, path: str | Path) -> None:
         save_weights(self.model, path)
