@@ -97,7 +97,8 @@ def test_csv_logger_rows_and_append(tmp_path: Path):
     path = tmp_path / "m.csv"
     drive(make_trainer([CSVLogger(path)]), [0.3, 0.2])
     drive(make_trainer([CSVLogger(path, append=True)]), [0.1])
-    rows = list(csv.DictReader(open(path)))
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
     assert [r["val_loss"] for r in rows] == ["0.3", "0.2", "0.1"] and rows[0]["epoch"] == "1"
 
 

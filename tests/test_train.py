@@ -33,8 +33,10 @@ def test_run_folder_has_everything_to_rerun(digits_run):
     assert cfg["train"]["seed"] == 0 and cfg["data"]["image_size"] == 8 and len(cfg["data"]["mean"]) == 1
     assert cfg["meta"]["torch"] and cfg["meta"]["cnnlab"] == cnnlab.__version__
     assert json.loads((d / "classes.json").read_text()) == [str(i) for i in range(10)]
-    rows = list(csv.DictReader(open(d / "metrics.csv")))
-    assert len(rows) == 3 and {"loss", "accuracy", "val_loss", "val_accuracy", "val_f1", "top5_accuracy"} <= set(rows[0])
+    with open(d / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3
+    assert {"loss", "accuracy", "val_loss", "val_accuracy", "val_f1", "top5_accuracy"} <= set(rows[0])
     metrics = json.loads((d / "metrics.json").read_text())
     assert metrics["best"]["epoch"] >= 1 and 0 < metrics["val"]["accuracy"] <= 1
     assert len(metrics["val"]["confusion_matrix"]) == 10

@@ -228,9 +228,9 @@ def _zip_entries(path: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str
             names.append(info.filename)
     parts = [PurePosixPath(n).parts for n in names if not _is_hidden(PurePosixPath(n).parts)]
     prefix = ""
-    if parts and all(len(p) > 2 for p in parts) and len({p[0] for p in parts}) == 1:
-        if parts[0][0].lower() not in SPLIT_ALIASES:
-            prefix = parts[0][0] + "/"
+    one_top = parts and all(len(p) > 2 for p in parts) and len({p[0] for p in parts}) == 1
+    if one_top and parts[0][0].lower() not in SPLIT_ALIASES:  # e.g. dataset/train/cat/1.jpg
+        prefix = parts[0][0] + "/"
     entries = [(n[len(prefix):] if n.startswith(prefix) else n, n) for n in names]
     return entries, skipped
 
