@@ -176,7 +176,8 @@ def test_googlenet_aux_heads_only_in_training():
     "activation", ["sigmoid", "tanh", "relu", "leaky_relu:0.2", "elu", "selu", "gelu", "maxout"]
 )
 @pytest.mark.parametrize(
-    "name", ["resnet20", "vgg11", "densenet_bc_100", "mobilenet_v1", "googlenet", "selu_cnn"]
+    "name",
+    ["lenet5", "alexnet", "resnet20", "vgg11", "densenet_bc_100", "mobilenet_v1", "googlenet", "selu_cnn"],
 )
 def test_every_activation_in_zoo_models(name, activation):
     kwargs = {"depth": 22} if name == "densenet_bc_100" else {}

@@ -80,7 +80,7 @@ KINDS = (
     "bn",
     "act",
 )
-_ACT_NAMES = set(ACTIVATIONS) | {"leakyrelu", "lrelu", "linear", "none"}
+_ACT_NAMES = set(ACTIVATIONS) | {"leakyrelu", "lrelu", "linear", "none", "softmax", "log_softmax"}
 
 
 @dataclass
@@ -129,7 +129,7 @@ def _parse_text(text: str, line: int) -> LayerSpec:
         else:
             raise CnnlabError(
                 f"{spec.where()}: cannot read '{tok}' (expected a number, same/valid, sN for a "
-                f"stride, bn, nobias or an activation such as relu, leaky_relu:0.1)"
+                f"stride, bn, nobias or an activation: {', '.join(ACTIVATIONS)}, e.g. leaky_relu:0.1)"
             )
     return spec
 
