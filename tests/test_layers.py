@@ -26,6 +26,15 @@ from cnnlab.models.layers import (
 X = torch.linspace(-3, 3, 61)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small tensors run fastest on one thread (and avoid thread contention on a busy 2-core machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize(
     ("name", "expected"),
     [
@@ -144,13 +153,9 @@ def test_min_pool_is_minus_max_pool_of_minus_x():
 
 
 def test_norm_and_dropout_factories():
-    assert isinstance(make_norm("batch", 4), nn.BatchNorm2d) and isinstance(
-        make_norm("bn", 4, dims=1), nn.BatchNorm1d
-    )
+    assert isinstance(make_norm("batch", 4), nn.BatchNorm2d) and isinstance(make_norm("bn", 4, dims=1), nn.BatchNorm1d)
     assert isinstance(make_norm("none", 4), nn.Identity)
-    assert isinstance(make_dropout(0.2), nn.Dropout) and isinstance(
-        make_dropout(0.1, "alpha"), nn.AlphaDropout
-    )
+    assert isinstance(make_dropout(0.2), nn.Dropout) and isinstance(make_dropout(0.1, "alpha"), nn.AlphaDropout)
     assert isinstance(make_dropout(0.0), nn.Identity)
     with pytest.raises(CnnlabError):
         make_dropout(1.5)
@@ -171,4 +176,3 @@ def test_weight_decay_groups_skip_biases_and_norms():
     decay, no_decay = weight_decay_groups(model, 5e-4)
     assert decay["weight_decay"] == 5e-4 and no_decay["weight_decay"] == 0.0
     assert len(decay["params"]) == 2 and len(no_decay["params"]) == 4
-    torch.optim.SGD(weight_decay_groups(model, 5e-4), lr=0.1)

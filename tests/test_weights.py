@@ -15,10 +15,17 @@ from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model
 from cnnlab.models.weights import load_weights, read_state_dict
 
-DATASETS = Path(
-    os.environ.get("CNNLAB_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets")
-)
+DATASETS = Path(os.environ.get("CNNLAB_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
 WEIGHTS = DATASETS / "weights"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small tensors run fastest on one thread (and avoid thread contention on a busy 2-core machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def need(path: Path) -> Path:

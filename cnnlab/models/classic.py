@@ -102,9 +102,7 @@ class AlexNet(ClassifierNet):
             make_pool(pool, pk, ps),
         )
         hidden = hidden or (1024 if small_input else 4096)
-        self.head = _dense_head(
-            out, 256 * out[0] * out[1], hidden, num_classes, a, dropout, dropout_first=True
-        )
+        self.head = _dense_head(out, 256 * out[0] * out[1], hidden, num_classes, a, dropout, dropout_first=True)
         self.num_classes = num_classes
         apply_init(self, init, bias_init)
         self.default_cfg = {**IMAGENET_CFG, "input_size": (in_chans, 224, 224)}
@@ -176,9 +174,7 @@ class VGG(ClassifierNet):
         hidden = hidden or (512 if small_input else 4096)
         pool_out = None if small_input else (7, 7)
         in_features = 512 if small_input else 512 * 7 * 7
-        self.head = _dense_head(
-            pool_out, in_features, hidden, num_classes, activation, dropout, dropout_first=False
-        )
+        self.head = _dense_head(pool_out, in_features, hidden, num_classes, activation, dropout, dropout_first=False)
         self.num_classes = num_classes
         apply_init(self, init, bias_init)
         self.default_cfg = {**IMAGENET_CFG, "input_size": (in_chans, 224, 224)}
@@ -364,9 +360,7 @@ class GoogLeNet(PooledClassifierNet):
         order = {k: i for i, k in enumerate(_INCEPTION)}
         return {
             "stem": r"^conv[123]\.",
-            "blocks": r"^inception(\d)"
-            if coarse
-            else [(rf"^inception{k}\.", (i,)) for k, i in order.items()],
+            "blocks": r"^inception(\d)" if coarse else [(rf"^inception{k}\.", (i,)) for k, i in order.items()],
             "head": r"^aux[12]\.|^fc\.",
         }
 

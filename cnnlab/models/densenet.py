@@ -56,9 +56,7 @@ class DenseBlock(nn.ModuleDict):
     ) -> None:
         super().__init__()
         for i in range(n):
-            self[f"denselayer{i + 1}"] = DenseLayer(
-                cin + i * growth, growth, bn_size, activation, norm, drop_rate
-            )
+            self[f"denselayer{i + 1}"] = DenseLayer(cin + i * growth, growth, bn_size, activation, norm, drop_rate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats = [x]
@@ -186,9 +184,7 @@ def _register_imagenet(name: str, config: tuple[int, ...]) -> None:
         return model
 
     builder.__name__ = name
-    register_model(name, doc=f"DenseNet-{name[8:]} (k=32, blocks {config}); 3x3 stem for inputs <= 64 px")(
-        builder
-    )
+    register_model(name, doc=f"DenseNet-{name[8:]} (k=32, blocks {config}); 3x3 stem for inputs <= 64 px")(builder)
 
 
 for _name, _config in _IMAGENET.items():

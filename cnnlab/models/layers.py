@@ -40,9 +40,7 @@ def split_arg(spec: str, what: str) -> tuple[str, float | None]:
     try:
         return name.strip().lower(), float(arg)
     except ValueError:
-        raise CnnlabError(
-            f"bad {what} '{spec}': the part after ':' must be a number, e.g. leaky_relu:0.1"
-        ) from None
+        raise CnnlabError(f"bad {what} '{spec}': the part after ':' must be a number, e.g. leaky_relu:0.1") from None
 
 
 # ----------------------------------------------------------------------------------------------- activations
@@ -210,9 +208,7 @@ def apply_init(
 class MinPool2d(nn.Module):
     """Min pooling, the third pooling of the notes: min over each window, computed as -maxpool(-x)."""
 
-    def __init__(
-        self, kernel_size: int, stride: int | None = None, padding: int = 0, ceil_mode: bool = False
-    ):
+    def __init__(self, kernel_size: int, stride: int | None = None, padding: int = 0, ceil_mode: bool = False):
         super().__init__()
         self.pool = nn.MaxPool2d(kernel_size, stride, padding, ceil_mode=ceil_mode)
 

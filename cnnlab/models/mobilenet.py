@@ -78,9 +78,7 @@ class MobileNetV1(PooledClassifierNet):
 
     def _conv_bn(self, cin: int, cout: int, stride: int) -> nn.Sequential:
         bias = str(self.norm).lower() == "none"
-        return nn.Sequential(
-            nn.Conv2d(cin, cout, 3, stride, 1, bias=bias), make_norm(self.norm, cout), self._act(cout)
-        )
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=bias), make_norm(self.norm, cout), self._act(cout))
 
     def _conv_dw(self, cin: int, cout: int, stride: int) -> nn.Sequential:
         bias = str(self.norm).lower() == "none"

@@ -72,9 +72,7 @@ class _Opts:
         return make_norm(self.norm, channels)
 
 
-def _shortcut(
-    cin: int, cout: int, stride: int, kind: str, o: _Opts, with_norm: bool = True
-) -> nn.Module | None:
+def _shortcut(cin: int, cout: int, stride: int, kind: str, o: _Opts, with_norm: bool = True) -> nn.Module | None:
     if stride == 1 and cin == cout:
         return None
     if kind == "A":
@@ -305,9 +303,7 @@ def _register_imagenet(name: str, block: str, layers: tuple[int, ...]) -> None:
         small_input: bool | None = None,
         **kwargs: Any,
     ) -> ResNet:
-        return _imagenet_resnet(
-            block, layers, num_classes, in_chans, tuple(input_size), small_input, 224, **kwargs
-        )
+        return _imagenet_resnet(block, layers, num_classes, in_chans, tuple(input_size), small_input, 224, **kwargs)
 
     depth = name.rsplit("resnet", 1)[1]
     kind = "pre-activation " if block == "preact" else ""

@@ -100,8 +100,7 @@ class SeluCNN(ClassifierNet):
         super().__init__()
         if min(input_size) < 2 ** len(widths):
             raise CnnlabError(
-                f"selu_cnn with {len(widths)} stages needs images of at least "
-                f"{2 ** len(widths)} px, got {input_size}"
+                f"selu_cnn with {len(widths)} stages needs images of at least {2 ** len(widths)} px, got {input_size}"
             )
         kind = _dropout_kind(activation, dropout_kind)
         layers: list[nn.Module] = []

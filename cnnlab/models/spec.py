@@ -109,8 +109,7 @@ def _parse_text(text: str, line: int) -> LayerSpec:
     spec = LayerSpec(kind, [], {}, line, text)
     if kind not in KINDS:
         raise CnnlabError(
-            f"{spec.where()}: unknown layer '{tokens[0]}': use one of {', '.join(KINDS)} "
-            "or an activation name"
+            f"{spec.where()}: unknown layer '{tokens[0]}': use one of {', '.join(KINDS)} or an activation name"
         )
     for tok in tokens[1:]:
         low = tok.lower()
@@ -164,9 +163,7 @@ def _parse_dict(item: dict, line: int) -> LayerSpec:
     kind = _KIND_ALIASES.get(kind_raw.lower(), kind_raw.lower())
     spec = LayerSpec(kind, [], {}, line, "{" + text + "}")
     if kind not in KINDS:
-        raise CnnlabError(
-            f"{spec.where()}: unknown or missing layer type '{kind_raw}': use one of {', '.join(KINDS)}"
-        )
+        raise CnnlabError(f"{spec.where()}: unknown or missing layer type '{kind_raw}': use one of {', '.join(KINDS)}")
     for name in _DICT_NUMBERS.get(kind, ()):
         if name in raw:
             spec.numbers.append(str(raw.pop(name)))
@@ -174,9 +171,7 @@ def _parse_dict(item: dict, line: int) -> LayerSpec:
         raw["activation"] = raw.pop("name")
     unknown = set(raw) - {"padding", "stride", "activation", "bn", "bias"}
     if unknown:
-        raise CnnlabError(
-            f"{spec.where()}: unknown option(s) {', '.join(sorted(unknown))} for a {kind} layer"
-        )
+        raise CnnlabError(f"{spec.where()}: unknown option(s) {', '.join(sorted(unknown))} for a {kind} layer")
     spec.options.update(raw)
     return spec
 
@@ -213,9 +208,7 @@ def _number(spec: LayerSpec, index: int, what: str, cast: type = int, default: A
     try:
         value = cast(float(spec.numbers[index])) if cast is int else cast(spec.numbers[index])
     except ValueError:
-        raise CnnlabError(
-            f"{spec.where()}: the {what} must be a number, got '{spec.numbers[index]}'"
-        ) from None
+        raise CnnlabError(f"{spec.where()}: the {what} must be a number, got '{spec.numbers[index]}'") from None
     if value < 0 or (cast is int and value == 0):
         raise CnnlabError(f"{spec.where()}: the {what} must be positive, got {spec.numbers[index]}")
     return value
@@ -262,19 +255,13 @@ class _Builder:
         """The activation a layer gets: its own, or the override when it has a non-linear one."""
         if name is None or not self.activation_override:
             return name
-        return (
-            name
-            if split_arg(name, "activation")[0] in ("linear", "none", "identity")
-            else self.activation_override
-        )
+        return name if split_arg(name, "activation")[0] in ("linear", "none", "identity") else self.activation_override
 
     def act(self, spec: LayerSpec, name: str | None, channels: int | None = None) -> nn.Module | None:
         if name is None:
             return None
         if name.lower() in ("softmax", "log_softmax"):
-            raise CnnlabError(
-                f"{spec.where()}: leave out softmax: the loss applies it to the last layer's outputs"
-            )
+            raise CnnlabError(f"{spec.where()}: leave out softmax: the loss applies it to the last layer's outputs")
         try:
             return make_activation(name, channels)
         except CnnlabError as e:
@@ -310,9 +297,7 @@ class _Builder:
 
     def _conv(self, spec: LayerSpec, last: bool) -> None:
         if self.x.dim() != 4:
-            raise CnnlabError(
-                f"{spec.where()}: conv needs an image input, but the layers before flattened it"
-            )
+            raise CnnlabError(f"{spec.where()}: conv needs an image input, but the layers before flattened it")
         filters, kernel = _number(spec, 0, "number of filters"), _number(spec, 1, "kernel size", default=3)
         stride = self.stride(spec, 1)
         padding = str(spec.options.get("padding", self.defaults.get("padding", "valid"))).lower()
@@ -323,9 +308,7 @@ class _Builder:
         pad: int | str = kernel // 2 if padding == "same" else 0
         if padding == "same" and stride == 1 and kernel % 2 == 0:
             pad = "same"
-        conv = nn.Conv2d(
-            self.x.shape[1], filters * pieces, kernel, stride, pad, bias=spec.options.get("bias", True)
-        )
+        conv = nn.Conv2d(self.x.shape[1], filters * pieces, kernel, stride, pad, bias=spec.options.get("bias", True))
         bn = nn.BatchNorm2d(filters * pieces) if spec.options.get("bn") else None
         act = Maxout(pieces) if pieces > 1 else self.act(spec, act_name, filters)
         self.add(spec, conv, bn, act)
@@ -371,9 +354,7 @@ class _Builder:
 
     def _pool(self, spec: LayerSpec, kind: str) -> None:
         if self.x.dim() != 4:
-            raise CnnlabError(
-                f"{spec.where()}: pooling needs an image input, but the layers before flattened it"
-            )
+            raise CnnlabError(f"{spec.where()}: pooling needs an image input, but the layers before flattened it")
         size = _number(spec, 0, "pool size", default=2)
         stride = self.stride(spec, size)
         ceil = str(spec.options.get("padding", "valid")).lower() == "same"
@@ -451,9 +432,7 @@ def build_from_spec(
         builder.build(spec, last=i == len(specs) - 1)
     last = specs[-1]
     if not isinstance(builder.modules[-1], nn.Linear):
-        raise CnnlabError(
-            f"{last.where()}: a model must end with its classifier: add `dense classes` after it"
-        )
+        raise CnnlabError(f"{last.where()}: a model must end with its classifier: add `dense classes` after it")
     features = nn.Sequential(*builder.modules[: builder.split])
     head = nn.Sequential(*builder.modules[builder.split :])
     model = SpecNet(features, head, num_classes, in_chans, tuple(input_size), name)

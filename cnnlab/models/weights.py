@@ -78,9 +78,7 @@ def _torch_load(path: Path) -> object:
             ".safetensors"
         ) from None
     except (RuntimeError, EOFError, OSError) as e:
-        raise CnnlabError(
-            f"could not read {path} as a PyTorch checkpoint: {str(e).splitlines()[0][:200]}"
-        ) from None
+        raise CnnlabError(f"could not read {path} as a PyTorch checkpoint: {str(e).splitlines()[0][:200]}") from None
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -98,9 +96,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     else:
         obj = _torch_load(path)
     for _ in range(3):  # {"state_dict": {...}}, {"model": {"state_dict": ...}}, ...
-        inner = next(
-            (obj[k] for k in _WRAPPER_KEYS if isinstance(obj, dict) and isinstance(obj.get(k), dict)), None
-        )
+        inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj, dict) and isinstance(obj.get(k), dict)), None)
         if inner is None:
             break
         obj = inner
@@ -190,9 +186,7 @@ def load_weights(
         if key not in model_state:
             report.unexpected.append(key)
         elif model_state[key].shape != value.shape:
-            report.mismatched.append(
-                f"{key}: file {tuple(value.shape)} vs model {tuple(model_state[key].shape)}"
-            )
+            report.mismatched.append(f"{key}: file {tuple(value.shape)} vs model {tuple(model_state[key].shape)}")
         else:
             to_load[key] = value
     # old checkpoints predate BatchNorm's num_batches_tracked; a missing counter is harmless
