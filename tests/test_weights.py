@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import dataset_path
 from torch import nn
 
 from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model
 from cnnlab.models.weights import load_weights, read_state_dict
 
-DATASETS = Path(os.environ.get("CNNLAB_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
-WEIGHTS = DATASETS / "weights"
+WEIGHTS = ("weights",)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -28,15 +27,9 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def need(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"{path} is missing: set CNNLAB_DATASETS to the shared datasets folder")
-    return path
-
-
 def test_resnet20_checkpoint_loads_strictly_and_scores_80_percent_on_cifar10():
-    ckpt = need(WEIGHTS / "resnet20-12fca82f.th")
-    data = np.load(need(DATASETS / "cifar10" / "test.npz"))
+    ckpt = dataset_path(*WEIGHTS, "resnet20-12fca82f.th")
+    data = np.load(dataset_path("cifar10", "test.npz"))
     model = create_model("resnet20", num_classes=10, shortcut="A")
     report = load_weights(model, ckpt)
     assert report.complete and len(report.loaded) > 0
@@ -54,7 +47,7 @@ def test_resnet20_checkpoint_loads_strictly_and_scores_80_percent_on_cifar10():
 
 
 def test_mobilenet_v1_quarter_width_checkpoint_loads_strictly():
-    ckpt = need(WEIGHTS / "mobilenetV1X0.25_pretrain.tar")
+    ckpt = dataset_path(*WEIGHTS, "mobilenetV1X0.25_pretrain.tar")
     model = create_model(
         "mobilenet_v1",
         num_classes=1000,
@@ -76,7 +69,7 @@ def test_mobilenet_v1_quarter_width_checkpoint_loads_strictly():
 
 
 def test_mobilenet_checkpoint_into_two_classes_needs_skip_head():
-    ckpt = need(WEIGHTS / "mobilenetV1X0.25_pretrain.tar")
+    ckpt = dataset_path(*WEIGHTS, "mobilenetV1X0.25_pretrain.tar")
     model = create_model("mobilenet_v1", num_classes=2, width=0.25, activation="leaky_relu:0.1")
     with pytest.raises(CnnlabError, match="(?s)fc.weight.*skip_head"):
         load_weights(model, ckpt)
