@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError
 from cnnlab.models.base import ClassifierNet
+from cnnlab.models.layers import make_activation
 from cnnlab.models.registry import register_model
 
 
@@ -64,11 +67,11 @@ class LeNet5(ClassifierNet):
     def __init__(self, num_classes: int = 10, in_chans: int = 1, input_size: tuple[int, int] = (28, 28),
                  activation: str = "tanh"):
         super().__init__()
-        act = {"tanh": nn.Tanh, "relu": nn.ReLU, "sigmoid": nn.Sigmoid}[activation]
+        act = functools.partial(make_activation, activation)  # any name from cnnlab.models.layers
         pad = 2 if min(input_size) <= 28 else 0
         self.features = nn.Sequential(
-            nn.Conv2d(in_chans, 6, 5, padding=pad), act(), nn.AvgPool2d(2),
-            nn.Conv2d(6, 16, 5), act(), nn.AvgPool2d(2),
+            nn.Conv2d(in_chans, 6, 5, padding=pad), act(6), nn.AvgPool2d(2),
+            nn.Conv2d(6, 16, 5), act(16), nn.AvgPool2d(2),
         )
         h, w = (_conv_out(s, 5, 1, pad) // 2 for s in input_size)
         h, w = _conv_out(h, 5) // 2, _conv_out(w, 5) // 2
@@ -78,7 +81,7 @@ class LeNet5(ClassifierNet):
                 "pass --image-size 28 (or 32)"
             )
         self.head = nn.Sequential(
-            nn.Flatten(), nn.Linear(16 * h * w, 120), act(), nn.Linear(120, 84), act(), nn.Linear(84, num_classes)
+            nn.Flatten(), nn.Linear(16 * h * w, 120), act(120), nn.Linear(120, 84), act(84), nn.Linear(84, num_classes)
         )
         self.num_classes = num_classes
 
