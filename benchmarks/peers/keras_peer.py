@@ -113,13 +113,15 @@ def _epoch_timer() -> Any:
         def __init__(self) -> None:
             super().__init__()
             self.times: list[float] = []
-            self._t0 = 0.0
+            self.cpu_times: list[float] = []
+            self._t0 = self._c0 = 0.0
 
         def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-            self._t0 = time.perf_counter()
+            self._t0, self._c0 = time.perf_counter(), time.process_time()
 
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             self.times.append(time.perf_counter() - self._t0)
+            self.cpu_times.append(time.process_time() - self._c0)
 
     return EpochTimer()
 
@@ -190,4 +192,7 @@ def throughput(
     n = min(steps * batch_size, len(y))
     timer = _epoch_timer()
     model.fit(x[:n], y[:n], batch_size=batch_size, epochs=repeats, shuffle=True, verbose=0, callbacks=[timer])
-    return {"images_per_s_repeats": [n / t for t in timer.times]}
+    return {
+        "images_per_s_repeats": [n / t for t in timer.times],
+        "images_per_cpu_s_repeats": [n / t for t in timer.cpu_times],
+    }
