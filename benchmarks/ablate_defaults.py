@@ -92,13 +92,13 @@ def holdout(data: Dataset, n_val: int = 10_000) -> tuple[Dataset, Split]:
     return Dataset(data.name, tr, data.test), val
 
 
-def run(configs: list[str], epochs: int, seeds: list[int]) -> dict[str, Any]:
+def run(configs: list[str], epochs: int, seeds: list[int], threads: int) -> dict[str, Any]:
     """Train every (config, seed) for ``epochs`` epochs; print one line per run."""
     import torch
 
     from benchmarks.peers import torch_loop
 
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    torch.set_num_threads(threads)
     data, val = holdout(load_mnist())
     results: dict[str, Any] = {}
     for name in configs:
@@ -146,10 +146,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--configs", default=",".join(CONFIGS))
     p.add_argument("--seeds", default="0")
     p.add_argument("--name", default="ablate_mnist_defaults")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="torch threads; 1 wastes far less CPU when other jobs oversubscribe the cores",
+    )
     args = p.parse_args(argv)
     configs = [c for c in args.configs.split(",") if c]
-    results = run(configs, args.epochs, [int(s) for s in args.seeds.split(",")])
-    payload = {"hardware": hardware_info(), "epochs": args.epochs, "runs": results}
+    results = run(configs, args.epochs, [int(s) for s in args.seeds.split(",")], args.threads)
+    payload = {"hardware": hardware_info(), "epochs": args.epochs, "threads": args.threads, "runs": results}
     json_path, md_path = write_results(args.name, payload, markdown(results, args.epochs))
     print(md_path.read_text())
     return 0
