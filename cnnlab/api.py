@@ -48,7 +48,7 @@ from cnnlab.train.callbacks import Callback
 from cnnlab.train.checkpoint import load_weights_file, save_state, save_weights
 from cnnlab.train.loop import Trainer, resolve_device, resolve_precision
 from cnnlab.train.metrics import per_class_report
-from cnnlab.train.optim import create_optimizer, create_scheduler
+from cnnlab.train.optim import create_optimizer, create_scheduler, resolve_epochs
 
 # Short keyword names accepted by fit(...) and the CLI, mapped to config fields.
 SHORT_NAMES = {
@@ -226,6 +226,7 @@ def _fit_in(cfg: Config, run_dir: Path, device: torch.device, precision: str, co
                           cfg.train.seed)
     val = (TensorBatches(val_split.x.to(device), val_split.y.to(device), cfg.train.eval_batch_size, False)
            if val_split is not None else None)
+    cfg.train.epochs = resolve_epochs(cfg.train.epochs, len(train))
     trainer.scheduler = create_scheduler(cfg.train.schedule, trainer.optimizer, cfg.train.epochs * len(train),
                                          len(train), cfg.train.warmup_epochs, step_size=cfg.train.step_size,
                                          gamma=cfg.train.gamma)

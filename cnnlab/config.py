@@ -31,6 +31,7 @@ class DataConfig:
     label_col: str | None = None  # CSV label column (default: detected)
     skip_missing: bool = False  # CSV ids without an image: skip them instead of stopping
     memory_budget_mb: int = 4096  # decoded uint8 images up to this size are held in memory
+    val_source: str = "split"  # split: held-out val (or the data's val folder); test: validate on the test split
     normalize: str = "standardize"  # standardize (train mean/std) | scale ([0,1]) | model (the model's mean/std)
     mean: list[float] | None = None  # resolved per channel, in [0,1] units
     std: list[float] | None = None
@@ -46,7 +47,7 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10
+    epochs: int | str = "auto"  # a number, or auto: about AUTO_STEPS optimizer steps (3 to 30 epochs)
     batch_size: int | str = 128  # an int, or "full" for batch gradient descent
     optimizer: str = "adam"
     lr: float | None = None  # None: the optimizer's default (adam 3e-3 peak with one-cycle; sgd 0.05)

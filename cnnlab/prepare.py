@@ -47,8 +47,16 @@ def seed_everything(seed: int) -> None:
 def prepare_data(cfg: Config, log=print) -> PreparedData:
     """Read and decode every split of cfg.data.source; resolves image size, channels, mean and std into cfg."""
     d = cfg.data
-    src = load_source(d.source, val_split=d.val_split, seed=cfg.train.seed, images=d.images, id_col=d.id_col,
-                      label_col=d.label_col, skip_missing=d.skip_missing)
+    if d.val_source not in ("split", "test"):
+        raise CnnlabError(f"data.val_source must be split or test, got '{d.val_source}'")
+    use_test = d.val_source == "test"
+    src = load_source(d.source, val_split=0.0 if use_test else d.val_split, seed=cfg.train.seed, images=d.images,
+                      id_col=d.id_col, label_col=d.label_col, skip_missing=d.skip_missing)
+    if use_test:  # as Keras's validation_data=(x_test, y_test): every train image is used; test is watched
+        if "test" not in src.splits:
+            raise CnnlabError(f"--set data.val_source=test needs a test split, and {d.source} has none")
+        src.splits["val"] = src.splits.pop("test")
+        log("note: validating on the test split (data.val_source=test): do not tune on it")
     geom = infer_geometry(src, d.image_size, d.channels)
     h, w = geom.size
     total = sum(len(s) for s in src.splits.values()) * geom.channels * h * w / 2**20
