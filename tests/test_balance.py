@@ -235,6 +235,8 @@ def test_binary_run_reports_roc_auc_and_moves_the_threshold(tmp_path):
     assert 0.0 < t < 1.0
     loaded = load_run(tmp_path / "run")
     assert loaded.trainer.decision_threshold == t
+    probs = torch.tensor([[1 - t - 1e-3, t + 1e-3], [1 - t + 1e-3, t - 1e-3]])
+    assert loaded.trainer.decide(probs).tolist() == [1, 0]  # predict's decision follows the threshold
     result = loaded.evaluate()
     assert result["decision_threshold"] == t
     assert result["balanced_accuracy"] == pytest.approx(m["test"]["balanced_accuracy"])

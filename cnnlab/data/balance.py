@@ -342,7 +342,7 @@ def plan_balance(cfg, labels: torch.Tensor, num_classes: int, has_val: bool,
                        sampler=next((m for m in methods if m in SAMPLERS), None),
                        synthetic=next((m for m in methods if m in SYNTHETIC), None),
                        threshold="threshold" in methods)
-    log("train class counts: " + ", ".join(str(int(c)) for c in counts) + f"; imbalance ratio {ratio:.2f}")
+    log(f"train class counts: {_format_counts(counts)}; imbalance ratio {ratio:.2f}")
     if ratio >= WARN_RATIO and not methods:
         log(f"warning: the train split is imbalanced (ratio {ratio:.1f}); consider --balance oversample, "
             "class_weights or focal")
@@ -360,6 +360,13 @@ def plan_balance(cfg, labels: torch.Tensor, num_classes: int, has_val: bool,
     for note in plan.notes:
         log(f"balance: {note}")
     return plan
+
+
+def _format_counts(counts: np.ndarray) -> str:
+    if len(counts) <= 20:
+        return ", ".join(str(int(c)) for c in counts)
+    return f"{len(counts)} classes, smallest {int(counts.min())} (class {int(counts.argmin())}), largest " \
+           f"{int(counts.max())} (class {int(counts.argmax())})"
 
 
 def _resolve_loss(cfg, counts: np.ndarray, methods: list[str], binary: bool, plan: BalancePlan) -> None:
