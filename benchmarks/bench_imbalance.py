@@ -75,7 +75,7 @@ def cactus_npz(path: Path, train_size: int, seed: int) -> dict:
 def train(data: Path, out: Path, balance: list[str], epochs: int, batch_size: int, **kwargs) -> cnnlab.Run:
     t0 = time.perf_counter()
     run = cnnlab.fit(str(data), model="seed_cnn", epochs=epochs, batch_size=batch_size, balance=balance,
-                     out=str(out), quiet=True, tensorboard=False, **kwargs)
+                     out=str(out), verbose=0, tensorboard=False, **kwargs)
     run.meta["bench_wall_s"] = round(time.perf_counter() - t0, 1)
     return run
 

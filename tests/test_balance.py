@@ -110,6 +110,10 @@ def test_focal_with_gamma_zero_is_cross_entropy():
     assert torch.allclose(create_loss("focal", 5, gamma=0.0)(logits, target), F.cross_entropy(logits, target))
     assert torch.allclose(create_loss("focal", 5, gamma=0.0, weight=w)(logits, target),
                           F.cross_entropy(logits, target, weight=w))
+    a, b = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    create_loss("focal", 5, gamma=0.0, weight=w)(a, target).backward()
+    F.cross_entropy(b, target, weight=w).backward()
+    assert torch.allclose(a.grad, b.grad, atol=1e-6)
 
 
 # -- the plan --------------------------------------------------------------------------------------------
@@ -224,7 +228,7 @@ def test_binary_run_reports_roc_auc_and_moves_the_threshold(tmp_path):
     from cnnlab.api import load_run
 
     data = _write_binary(tmp_path)
-    run = cnnlab.fit(str(data), model="mlp", epochs=2, batch_size=32, out=str(tmp_path / "run"), quiet=True,
+    run = cnnlab.fit(str(data), model="mlp", epochs=2, batch_size=32, out=str(tmp_path / "run"), verbose=0,
                      tensorboard=False, balance="oversample,threshold", precision="fp32")
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert m["monitor"] == "val_roc_auc"
