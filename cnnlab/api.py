@@ -28,6 +28,7 @@ from torch import nn
 
 from cnnlab import __version__
 from cnnlab.config import Config, apply_overrides, config_from_dict, load_config, save_config, set_value
+from cnnlab.data import balance
 from cnnlab.data.dataset import ImageGeometry, decode_image
 from cnnlab.data.loader import TensorBatches
 from cnnlab.data.readers import IMAGE_EXTENSIONS, load_source
@@ -61,7 +62,7 @@ SHORT_NAMES = {
     "loss": "train.loss", "label_smoothing": "train.label_smoothing", "seed": "train.seed",
     "device": "train.device", "precision": "train.precision", "monitor": "callbacks.monitor",
     "early_stopping": "callbacks.early_stopping", "reduce_lr": "callbacks.reduce_lr", "target": "callbacks.target",
-    "tensorboard": "callbacks.tensorboard", "out": "out", "verbose": "verbose",
+    "tensorboard": "callbacks.tensorboard", "balance": "balance.methods", "out": "out", "verbose": "verbose",
 }
 
 
@@ -217,13 +218,19 @@ def _fit_in(cfg: Config, run_dir: Path, device: torch.device, precision: str, co
     log = lambda m: console.print(m, markup=False, soft_wrap=True)  # noqa: E731
     prepared = prepare_data(cfg, log)
     classes = prepared.class_names
+    train_split, val_split = prepared.splits["train"], prepared.splits.get("val")
+    plan = balance.plan_balance(cfg, train_split.y, len(classes), val_split is not None, log)
+    train_x, train_y = balance.apply_synthetic(plan, train_split.x, train_split.y, cfg.balance.smote_k,
+                                               cfg.train.seed, log)
     seed_everything(cfg.train.seed)
     model = build_model(cfg, len(classes))
-    train_split, val_split = prepared.splits["train"], prepared.splits.get("val")
     callbacks = build_callbacks(cfg, run_dir, val_split is not None) + extra_callbacks
     trainer = _make_trainer(cfg, model, len(classes), device, precision, callbacks, console)
-    train = TensorBatches(train_split.x.to(device), train_split.y.to(device), cfg.train.batch_size, True,
-                          cfg.train.seed)
+    trainer.headline_metrics = balance.headline_metrics(plan, len(classes), val_split is not None)
+    sampler = (balance.create_sampler(plan.sampler, train_y, len(classes), cfg.balance.epoch_samples)
+               if plan.sampler else None)
+    train = TensorBatches(train_x.to(device), train_y.to(device), cfg.train.batch_size, True, cfg.train.seed,
+                          sampler=sampler)
     val = (TensorBatches(val_split.x.to(device), val_split.y.to(device), cfg.train.eval_batch_size, False)
            if val_split is not None else None)
     cfg.train.epochs = resolve_epochs(cfg.train.epochs, len(train))
@@ -248,6 +255,7 @@ def _fit_in(cfg: Config, run_dir: Path, device: torch.device, precision: str, co
     wall = time.perf_counter() - t0
     run = Run(run_dir, cfg, classes, model, trainer, trainer.history, meta=meta)
     run.metrics = _final_metrics(run, prepared, val is not None, wall)
+    run.metrics["balance"] = plan.record()
     (run_dir / "metrics.json").write_text(json.dumps(run.metrics, indent=2), encoding="utf-8")
     _print_final(run, log)
     return run
@@ -292,6 +300,8 @@ def _final_metrics(run: Run, prepared, has_val: bool, wall: float) -> dict[str, 
         pick = max if resolve_mode(monitor, "auto") == "max" else min
         best_epoch = pick((i for i, v in enumerate(values) if v is not None), key=lambda i: values[i])
         out["best"] = {"epoch": best_epoch + 1, monitor: values[best_epoch]}
+    if "threshold" in cfg.balance.methods:
+        out["threshold"] = _pick_threshold(trainer, prepared.splits["val"], cfg.train.eval_batch_size)
     for split in ("val", "test"):
         if split in prepared.splits:
             data = prepared.splits[split]
@@ -302,9 +312,23 @@ def _final_metrics(run: Run, prepared, has_val: bool, wall: float) -> dict[str, 
     return out
 
 
+def _pick_threshold(trainer: Trainer, val, batch_size: int) -> dict[str, Any]:
+    """Two classes: the threshold on P(class 1) maximizing val balanced accuracy; used from now on by the trainer."""
+    p = trainer.predict_proba(val.x, batch_size)[:, 1].numpy()
+    value, score = balance.select_threshold(val.y.numpy(), p)
+    trainer.decision_threshold = value
+    return {"value": value, "chosen_on": "val", "criterion": "balanced_accuracy", "val_balanced_accuracy": score}
+
+
 def _print_final(run: Run, log) -> None:
     m = run.metrics
-    parts = [f"{s} accuracy {m[s]['accuracy']:.4f}" for s in ("val", "test") if s in m]
+    if "threshold" in m:
+        t = m["threshold"]
+        log(f"balance: decision threshold P({run.class_names[1]}) >= {t['value']:.4f} (val balanced accuracy "
+            f"{t['val_balanced_accuracy']:.4f}); evaluate and predict use it")
+    keys = ["accuracy"] + (["balanced_accuracy", "f1"] if m.get("balance", {}).get("imbalanced") else [])
+    parts = [f"{s} " + " ".join(f"{k} {m[s][k]:.4f}" for k in keys + ["roc_auc", "pr_auc"] if k in m[s])
+             for s in ("val", "test") if s in m]
     log(f"Done in {m['wall_time_s']:.1f}s ({m['epochs_run']} epochs). Best weights: " + ", ".join(parts))
     log(f"Run folder: {run.dir}")
 
@@ -341,6 +365,7 @@ def load_run(path: str | Path, weights: str = "best", device: str | None = None)
         metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     else:
         metrics = {}
+    trainer.decision_threshold = (metrics.get("threshold") or {}).get("value")
     return Run(run_dir, cfg, classes, model, trainer, history, metrics, raw.get("meta", {}))
 
 
@@ -379,6 +404,8 @@ def evaluate(run: Run | str | Path, data: str | None = None, split: str = "auto"
     dev = run.trainer.device
     batches = TensorBatches(decoded.x.to(dev), y.to(dev), cfg.train.eval_batch_size, False)
     logs, cm = run.trainer.evaluate(batches, prefix="")
+    if run.trainer.decision_threshold is not None:
+        logs["decision_threshold"] = run.trainer.decision_threshold
     return {"data": str(data), "split": split, "count": len(y), **logs, "confusion_matrix": cm,
             "per_class": per_class_report(cm, run.class_names), "skipped": len(decoded.skipped)}
 
@@ -445,7 +472,7 @@ def predict(run: Run | str | Path, inputs: list[str] | str, csv_path: str | None
     probs = run.trainer.predict_proba(x, run.config.train.eval_batch_size)
     rows = []
     for ident, p in zip(ids, probs):
-        k = int(p.argmax())
+        k = int(run.trainer.decide(p[None])[0])
         rows.append({"id": _format_id(ident, id_format, run), "label": run.class_names[k],
                      "confidence": float(p[k]), "probabilities": dict(zip(run.class_names, map(float, p)))})
     if csv_path:

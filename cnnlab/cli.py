@@ -44,8 +44,10 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--weight-decay", type=float)
     g.add_argument("--schedule", help="constant, step, cosine, onecycle")
     g.add_argument("--warmup-epochs", type=float)
-    g.add_argument("--loss", help="cross_entropy, bce, mse, mae")
+    g.add_argument("--loss", help="cross_entropy, focal, bce, mse, mae")
     g.add_argument("--label-smoothing", type=float)
+    g.add_argument("--balance", help="imbalanced data, comma-separated: oversample, undersample, class_weights, "
+                   "focal, smote, borderline_smote, adasyn, threshold (settings: --set balance.KEY=VALUE)")
     g.add_argument("--seed", type=int)
     g.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps")
     g.add_argument("--precision", help="auto, fp32, bf16, fp16")
@@ -62,7 +64,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 
 _TRAIN_KEYS = ("val_split", "image_size", "channels", "images", "id_col", "label_col", "skip_missing", "model",
                "weights", "pretrained", "epochs", "batch_size", "lr", "optimizer", "momentum", "nesterov",
-               "weight_decay", "schedule", "warmup_epochs", "loss", "label_smoothing", "seed", "device",
+               "weight_decay", "schedule", "warmup_epochs", "loss", "label_smoothing", "balance", "seed", "device",
                "precision", "monitor", "early_stopping", "reduce_lr", "target", "tensorboard", "out", "quiet")
 
 
@@ -99,7 +101,7 @@ def _print_eval(result: dict[str, Any], class_names: list[str]) -> None:
 
     console = Console(highlight=False)
     keys = [k for k in ("loss", "accuracy", "balanced_accuracy", "precision", "recall", "f1") if k in result]
-    keys += [k for k in result if k.startswith("top") or k in ("roc_auc", "pr_auc", "mse", "mae")]
+    keys += [k for k in result if k.startswith("top") or k in ("roc_auc", "pr_auc", "decision_threshold", "mse", "mae")]
     console.print(f"{result['data']} [{result['split']}], {result['count']} images: "
                   + "  ".join(f"{k} {result[k]:.4f}" for k in keys), soft_wrap=True)
     per = Table(title="per class")

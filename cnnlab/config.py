@@ -83,11 +83,28 @@ class CallbacksConfig:
 
 
 @dataclass
+class BalanceConfig:
+    """Imbalanced data (cnnlab/data/balance.py): treatments and their settings."""
+
+    methods: list[str] = field(default_factory=list)  # oversample, undersample, class_weights, focal, smote,
+    #   borderline_smote, adasyn, threshold; e.g. --balance oversample,threshold
+    class_weights: str = "inverse"  # with class_weights: inverse | effective (effective number of samples)
+    beta: float = 0.999  # effective-number beta
+    weights: list[float] | None = None  # resolved per-class loss weights (or given by hand)
+    focal_gamma: float = 2.0
+    focal_alpha: float | None = None  # two classes: the weight of class 1 (class 0 gets 1 - alpha)
+    smote_k: int = 5  # neighbours for smote / borderline_smote / adasyn
+    epoch_samples: int | None = None  # oversample: draws per epoch (default N); undersample: per class (default min)
+    allow_double: bool = False  # apply a sampler / SMOTE together with class weights (double correction)
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
+    balance: BalanceConfig = field(default_factory=BalanceConfig)
     out: str | None = None
     verbose: int = 1  # as Keras: 0 silent, 1 progress bar and epoch lines, 2 epoch lines only (--quiet)
 
@@ -140,6 +157,10 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if origin is list:
         if isinstance(value, str):
             value = yaml.safe_load(value)
+            if isinstance(value, str):  # a,b,c
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            elif value is None:
+                value = []
         return [_coerce(v, args[0], where) for v in value]
     if origin is dict:
         if isinstance(value, str):

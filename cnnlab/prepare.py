@@ -109,7 +109,12 @@ def load_initial_weights(model: nn.Module, path: str) -> None:
 
 
 def build_loss(cfg: Config, num_classes: int) -> nn.Module:
-    return create_loss(cfg.train.loss, num_classes, label_smoothing=cfg.train.label_smoothing)
+    """The loss from cfg.train; class weights from cfg.balance.weights (resolved by balance.plan_balance)."""
+    b = cfg.balance
+    weight = torch.tensor(b.weights, dtype=torch.float32) if b.weights is not None else None
+    extra = {"gamma": b.focal_gamma} if cfg.train.loss == "focal" else {}
+    return create_loss(cfg.train.loss, num_classes, label_smoothing=cfg.train.label_smoothing, weight=weight,
+                       **extra)
 
 
 def is_regression_loss(cfg: Config) -> bool:

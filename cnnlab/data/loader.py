@@ -5,10 +5,14 @@ recomputed exactly (resume), with no per-image Python work in the epoch loop.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import torch
 
 from cnnlab.errors import CnnlabError
+
+if TYPE_CHECKING:
+    from cnnlab.data.balance import Sampler
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -18,11 +22,17 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
 
 
 class TensorBatches:
-    """Mini-batches of uint8 images (N, C, H, W) and labels held in memory (on the training device)."""
+    """Mini-batches of uint8 images (N, C, H, W) and labels held in memory (on the training device).
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int | str, shuffle: bool, seed: int = 0):
+    `sampler` (cnnlab.data.balance: oversampling, undersampling) replaces the shuffled permutation with its own
+    index order per epoch, also a pure function of (seed, epoch); its length is the epoch's length.
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int | str, shuffle: bool, seed: int = 0,
+                 sampler: Sampler | None = None):
         self.x, self.y = x, y
-        n = len(y)
+        self.sampler = sampler
+        n = len(sampler) if sampler is not None else len(y)
         if batch_size == "full":
             batch_size = n
         if isinstance(batch_size, str) or batch_size < 1:
@@ -30,20 +40,23 @@ class TensorBatches:
         self.batch_size = min(int(batch_size), n)
         self.shuffle, self.seed = shuffle, seed
         # A final batch of one sample breaks batch norm in training; it joins the next epoch's shuffle instead.
-        self.drop_single = shuffle and n % self.batch_size == 1 and n > 1
+        self.drop_single = (shuffle or sampler is not None) and n % self.batch_size == 1 and n > 1
+
+    def _epoch_size(self) -> int:
+        return len(self.sampler) if self.sampler is not None else len(self.y)
 
     def __len__(self) -> int:
-        n = len(self.y) - (1 if self.drop_single else 0)
+        n = self._epoch_size() - (1 if self.drop_single else 0)
         return (n + self.batch_size - 1) // self.batch_size
 
     def batches(self, epoch: int = 0, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n = len(self.y)
-        if self.shuffle:
-            order = epoch_permutation(n, self.seed, epoch).to(self.x.device)
-            if self.drop_single:
-                order = order[:-1]
-        else:
-            order = None
+        order = None
+        if self.sampler is not None:
+            order = self.sampler.order(self.seed, epoch).to(self.x.device)
+        elif self.shuffle:
+            order = epoch_permutation(len(self.y), self.seed, epoch).to(self.x.device)
+        if order is not None and self.drop_single:
+            order = order[:-1]
         for step in range(start_step, len(self)):
             lo = step * self.batch_size
             if order is None:

@@ -22,7 +22,7 @@ from cnnlab.data.loader import TensorBatches
 from cnnlab.errors import CnnlabError
 from cnnlab.train.callbacks import Callback
 from cnnlab.train.checkpoint import save_weights
-from cnnlab.train.metrics import MetricAccumulator
+from cnnlab.train.metrics import MetricAccumulator, binary_scores
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -89,6 +89,7 @@ class Trainer:
         self.steps_per_epoch = 0
         self.history: list[dict[str, Any]] = []
         self.headline_metrics: list[str] = []  # extra metrics shown in the epoch line (e.g. val_roc_auc)
+        self.decision_threshold: float | None = None  # two classes: predict 1 when P(1) >= this (else argmax)
         self._train_metrics: MetricAccumulator | None = None
         for cb in self.callbacks:
             cb.set_trainer(self)
@@ -229,14 +230,38 @@ class Trainer:
         """Metrics with `prefix` and the confusion matrix over all of `data`."""
         self.model.eval()
         acc = MetricAccumulator(self.num_classes, self.device, self.top_k, self.regression)
+        binary = self.num_classes == 2
+        scores, targets = [], []  # two classes: P(class 1) for ROC AUC / PR AUC
         for xb, yb in data.batches():
             with self.autocast():
                 out = self.model(self.preprocess(xb))
                 if isinstance(out, (tuple, list)):
                     out = out[0]
                 loss = self.loss_fn(out, yb)
-            acc.update(out.float(), yb, loss)
-        return acc.compute(prefix), acc.confusion_matrix()
+            pred = None
+            if binary:
+                probs = self.probabilities(out)
+                scores.append(probs[:, 1])
+                targets.append(yb)
+                pred = self.decide(probs)
+            acc.update(out.float(), yb, loss, pred)
+        logs = acc.compute(prefix)
+        if binary and scores:
+            logs.update(binary_scores(torch.cat(targets), torch.cat(scores), prefix))
+        return logs, acc.confusion_matrix()
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Class probabilities (B, C) from logits: softmax, or normalised sigmoids for the bce loss."""
+        if getattr(self.loss_fn, "kind", None) == "bce":
+            probs = logits.float().sigmoid()
+            return probs / probs.sum(dim=1, keepdim=True).clamp_min(1e-12)
+        return logits.float().softmax(dim=1)
+
+    def decide(self, probs: torch.Tensor) -> torch.Tensor:
+        """Predicted classes (B,): argmax, or for two classes with a decision threshold, P(1) >= threshold."""
+        if self.decision_threshold is not None and probs.shape[1] == 2:
+            return (probs[:, 1] >= self.decision_threshold).long()
+        return probs.argmax(dim=1)
 
     @torch.no_grad()
     def predict_proba(self, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
@@ -249,12 +274,7 @@ class Trainer:
                 logits = self.model(self.preprocess(xb))
                 if isinstance(logits, (tuple, list)):
                     logits = logits[0]
-            if getattr(self.loss_fn, "kind", None) == "bce":
-                probs = logits.float().sigmoid()
-                probs = probs / probs.sum(dim=1, keepdim=True).clamp_min(1e-12)
-            else:
-                probs = logits.float().softmax(dim=1)
-            out.append(probs.cpu())
+            out.append(self.probabilities(logits).cpu())
         return torch.cat(out) if out else torch.empty(0, self.num_classes)
 
 

@@ -1,8 +1,8 @@
 """Loss functions by name. Every loss takes raw logits (B, C) and integer targets (B,).
 
-cross_entropy (with label smoothing) is the default; bce treats each class as a sigmoid output against a
-one-hot target; mse and mae compare softmax probabilities with the one-hot target (the course's
-"regression-style" losses for classification).
+cross_entropy (with label smoothing) is the default; focal is the focal loss of Lin et al. 2017 (imbalanced data);
+bce treats each class as a sigmoid output against a one-hot target; mse and mae compare softmax probabilities
+with the one-hot target (the course's "regression-style" losses for classification).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnlab.errors import CnnlabError
 from cnnlab.registry import Registry
 
 LOSSES = Registry("loss")
@@ -73,6 +74,37 @@ def mse(num_classes: int, label_smoothing: float = 0.0, weight=None) -> nn.Modul
 @LOSSES.register("mae", doc="mean absolute error between softmax probabilities and one-hot targets")
 def mae(num_classes: int, label_smoothing: float = 0.0, weight=None) -> nn.Module:
     return OneHotLoss(num_classes, "mae", label_smoothing, weight)
+
+
+class FocalLoss(nn.Module):
+    """Focal loss (Lin et al. 2017): -alpha_t (1 - p_t)^gamma log p_t, averaged like weighted cross-entropy.
+
+    `weight` (per class) plays alpha's role and the mean is weighted (sum w_t l_t / sum w_t), exactly as
+    F.cross_entropy does, so gamma = 0 gives cross_entropy with the same weight.
+    """
+
+    def __init__(self, num_classes: int, gamma: float = 2.0, weight: torch.Tensor | None = None):
+        super().__init__()
+        if gamma < 0:
+            raise CnnlabError(f"focal loss gamma must be >= 0, got {gamma}")
+        self.gamma = gamma
+        self.register_buffer("weight", weight)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        log_p = F.log_softmax(logits.float(), dim=1).gather(1, target[:, None]).squeeze(1)  # (B,) log p_t
+        modulator = (1 - log_p.exp()).clamp_min(1e-12) ** self.gamma  # clamp: finite gradients for gamma < 1
+        per = -modulator * log_p
+        if self.weight is not None:
+            w = self.weight[target]
+            return (per * w).sum() / w.sum()
+        return per.mean()
+
+
+@LOSSES.register("focal", doc="focal loss (balance.focal_gamma; class weights act as alpha)")
+def focal(num_classes: int, label_smoothing: float = 0.0, weight=None, gamma: float = 2.0) -> nn.Module:
+    if label_smoothing:
+        raise CnnlabError("the focal loss takes no label smoothing; drop --label-smoothing or use cross_entropy")
+    return FocalLoss(num_classes, gamma, weight)
 
 
 def create_loss(name: str, num_classes: int, **kwargs) -> nn.Module:

@@ -29,12 +29,14 @@ class MetricAccumulator:
         self.count = 0
 
     @torch.no_grad()
-    def update(self, logits: torch.Tensor, target: torch.Tensor, loss: torch.Tensor) -> None:
-        """logits (B, C), target (B,) class indices, loss: the batch mean."""
+    def update(self, logits: torch.Tensor, target: torch.Tensor, loss: torch.Tensor,
+               pred: torch.Tensor | None = None) -> None:
+        """logits (B, C), target (B,) class indices, loss: the batch mean; pred: decisions (default argmax)."""
         n = target.shape[0]
         self.count += n
         self.loss_sum += loss.detach().double() * n
-        pred = logits.argmax(dim=1)
+        if pred is None:
+            pred = logits.argmax(dim=1)
         self.confusion += torch.bincount(target * self.num_classes + pred, minlength=self.num_classes ** 2)
         if self.top_k:
             top = logits.topk(self.top_k, dim=1).indices
@@ -82,6 +84,17 @@ def metrics_from_confusion(cm: torch.Tensor) -> dict[str, float]:
         "f1": float(f1[present].mean()) if present.any() else 0.0,
         "balanced_accuracy": float(recall[support > 0].mean()) if (support > 0).any() else 0.0,
     }
+
+
+def binary_scores(target: torch.Tensor, p_positive: torch.Tensor, prefix: str = "") -> dict[str, float]:
+    """ROC AUC and PR AUC (average precision) of P(class 1) for a two-class task; {} if one class is missing."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    y = target.cpu().numpy()
+    p = p_positive.float().cpu().numpy()
+    if y.min() == y.max():
+        return {}
+    return {prefix + "roc_auc": float(roc_auc_score(y, p)), prefix + "pr_auc": float(average_precision_score(y, p))}
 
 
 def per_class_report(cm: list[list[int]], class_names: list[str]) -> list[dict[str, float]]:
