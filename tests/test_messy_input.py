@@ -118,7 +118,7 @@ def messy_zip(tmp_path_factory) -> Path:
 
 
 def run_cli(*args: str, cache: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "CNNLAB_CACHE_DIR": str(cache)}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CNNLAB_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "cnnlab", *args], capture_output=True, text=True, env=env,
                           timeout=300)
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -127,7 +128,9 @@ class BatchAugment:
         if o["jpeg"] and float(torch.rand((), generator=g)) < o["jpeg"]:
             quality = int(torch.randint(30, 91, (), generator=g))
             u8 = x.mul(255).round_().to(torch.uint8).cpu()
-            x = F.jpeg(u8, quality).to(x.device).float().div_(255)
+            with warnings.catch_warnings():  # torchvision 0.29 deprecates its codecs in favour of TorchCodec
+                warnings.simplefilter("ignore", DeprecationWarning)
+                x = F.jpeg(u8, quality).to(x.device).float().div_(255)
         if o["erase"] and float(torch.rand((), generator=g)) < o["erase"]:
             area = _uniform(g, 0.02, 0.25) * h * w
             ratio = math.exp(_uniform(g, math.log(0.3), math.log(3.3)))

@@ -87,8 +87,8 @@ def decode_split_cached(src: DataSource, split: Split, geom: ImageGeometry, poli
     if key is not None:
         meta = load_meta(key)
         if meta is not None:
-            x = np.load(cached_array_path(key), mmap_mode="r")[: meta["n"]]
-            return DecodedSplit(torch.from_numpy(np.ascontiguousarray(x)), torch.tensor(meta["labels"]),
+            x = np.load(cached_array_path(key))[: meta["n"]]
+            return DecodedSplit(torch.from_numpy(x), torch.tensor(meta["labels"]),
                                 meta["ids"], [tuple(s) for s in meta["skipped"]])
     decoded = decode_split(src, split, geom, policy)
     if key is not None:

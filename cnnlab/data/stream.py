@@ -35,7 +35,7 @@ class DecodeDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         arr = decode_image(self.container.read(self.refs[i]), self.geom.channels, self.geom.size[0], self.policy)
-        return torch.from_numpy(arr).permute(2, 0, 1).contiguous(), int(self.labels[i])
+        return torch.from_numpy(np.require(arr, requirements="W")).permute(2, 0, 1).contiguous(), int(self.labels[i])
 
 
 class MemmapDataset(Dataset):
