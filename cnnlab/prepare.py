@@ -99,7 +99,8 @@ def fit_statistics(cfg: Config, train) -> dict[str, torch.Tensor] | None:
         raise CnnlabError(f"unknown data.normalize '{d.normalize}': use {', '.join(NORMALIZE_MODES)}")
     needs_sample = d.normalize in WHITEN_MODES or (d.normalize in ("standardize", "zero_center") and
                                                    (d.mean is None or d.std is None))
-    sample = sample_images(train, stats_indices(len(train))) if needs_sample else None
+    per_image = d.channels * d.image_size * d.image_size
+    sample = sample_images(train, stats_indices(len(train), image_values=per_image)) if needs_sample else None
     if d.normalize in WHITEN_MODES:
         return fit_whitening(sample[stats_indices(len(sample), 5_000)], d.normalize, d.whiten_eps)
     if d.mean is None or d.std is None:

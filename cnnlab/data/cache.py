@@ -48,7 +48,7 @@ def split_key(src: DataSource, split: Split, geom: ImageGeometry, policy: str) -
                 stamp = f"{st.st_size}|{st.st_mtime_ns}"
             except OSError:
                 stamp = "missing"
-            h.update(f"{Path(ref).resolve()}|{stamp}\n".encode("utf-8", "surrogateescape"))
+            h.update(f"{os.path.abspath(ref)}|{stamp}\n".encode("utf-8", "surrogateescape"))
     h.update(np.ascontiguousarray(split.labels).tobytes())
     return h.hexdigest()[:32]
 

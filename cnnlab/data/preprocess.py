@@ -27,17 +27,29 @@ MAX_WHITEN_DIM = 4096  # C*H*W; the covariance is D x D (3x32x32 = 3072 fits)
 PREPROCESS_FILE = "preprocess.safetensors"
 
 
-def stats_indices(n: int, max_images: int = 20_000) -> torch.Tensor:
-    """Which training images the statistics are computed on: every k-th, the same in memory and streaming."""
-    return torch.arange(0, n, max(1, n // max_images))
+def stats_indices(n: int, max_images: int = 20_000, image_values: int = 1, max_values: int = 50_000_000
+                  ) -> torch.Tensor:
+    """Which training images the statistics are computed on: every k-th, the same in memory and streaming.
+
+    At most `max_images`, and at most `max_values` pixel values in all (e.g. ~650 RGB images of 160 px).
+    """
+    limit = max(1, min(max_images, max_values // max(1, image_values)))
+    return torch.arange(0, n, max(1, n // limit))
 
 
-def channel_stats_of(sample: torch.Tensor) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std in [0, 1] units of a uint8 (N, C, H, W) sample."""
-    x = sample.float().div_(255)
-    mean = x.mean(dim=(0, 2, 3))
-    std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
-    return [round(v, 6) for v in mean.tolist()], [round(v, 6) for v in std.tolist()]
+def channel_stats_of(sample: torch.Tensor, chunk: int = 256) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std in [0, 1] units of a uint8 (N, C, H, W) sample (float64 sums, chunk by chunk)."""
+    c = sample.shape[1]
+    total, squares = torch.zeros(c, dtype=torch.float64), torch.zeros(c, dtype=torch.float64)
+    for lo in range(0, len(sample), chunk):
+        x = sample[lo : lo + chunk].float()
+        total += x.sum(dim=(0, 2, 3), dtype=torch.float64)
+        squares += x.square().sum(dim=(0, 2, 3), dtype=torch.float64)
+    count = sample.numel() // c
+    mean = total / count
+    var = (squares - count * mean.square()) / max(count - 1, 1)
+    std = (var.clamp_min(0).sqrt() / 255).clamp_min(1e-3)
+    return [round(v, 6) for v in (mean / 255).tolist()], [round(v, 6) for v in std.tolist()]
 
 
 def fit_whitening(sample: torch.Tensor, mode: str, eps: float) -> dict[str, torch.Tensor]:
