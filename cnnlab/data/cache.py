@@ -23,6 +23,17 @@ from cnnlab.data.readers import DataSource, Split, ZipContainer
 CACHE_VERSION = 1
 
 
+def _decoder_fingerprint() -> str:
+    """A hash of the decoding code itself, so a change to how images are decoded never reuses stale pixels."""
+    import inspect
+
+    from cnnlab.data import dataset
+
+    parts = [inspect.getsource(f) for f in (dataset.decode_image, dataset.convert_mode, dataset.resize_image,
+                                            dataset._to_8bit)]
+    return hashlib.sha256("".join(parts).encode()).hexdigest()[:16]
+
+
 def cache_dir() -> Path:
     """Where decoded splits are kept."""
     env = os.environ.get("CNNLAB_CACHE_DIR")
@@ -36,7 +47,8 @@ def split_key(src: DataSource, split: Split, geom: ImageGeometry, policy: str) -
     from PIL import Image
 
     h = hashlib.sha256()
-    h.update(json.dumps([CACHE_VERSION, geom.size, geom.channels, policy, Image.MAX_IMAGE_PIXELS]).encode())
+    h.update(json.dumps([CACHE_VERSION, _decoder_fingerprint(), geom.size, geom.channels, policy,
+                         Image.MAX_IMAGE_PIXELS]).encode())
     if isinstance(src.container, ZipContainer):
         st = os.stat(src.container.path)
         h.update(f"{Path(src.container.path).resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
