@@ -29,9 +29,13 @@ from torch import nn
 from cnnlab import __version__
 from cnnlab.config import Config, apply_overrides, config_from_dict, load_config, save_config, set_value
 from cnnlab.data import balance
-from cnnlab.data.dataset import ImageGeometry, decode_image
+from cnnlab.data.augment import build_augmenter
+from cnnlab.data.augment import describe as describe_augment
+from cnnlab.data.dataset import DecodedSplit, ImageGeometry, decode_image
 from cnnlab.data.loader import TensorBatches
+from cnnlab.data.preprocess import load_preprocess, save_preprocess
 from cnnlab.data.readers import IMAGE_EXTENSIONS, load_source
+from cnnlab.data.stream import make_batches
 from cnnlab.errors import CnnlabError
 from cnnlab.models.summary import format_summary, summarize
 from cnnlab.prepare import (
@@ -55,7 +59,8 @@ from cnnlab.train.optim import create_optimizer, create_scheduler, resolve_epoch
 SHORT_NAMES = {
     "data": "data.source", "val_split": "data.val_split", "image_size": "data.image_size",
     "channels": "data.channels", "images": "data.images", "id_col": "data.id_col", "label_col": "data.label_col",
-    "normalize": "data.normalize", "model": "model.name", "model_kwargs": "model.kwargs", "weights": "model.weights",
+    "normalize": "data.normalize", "augment": "augment.preset", "model": "model.name",
+    "model_kwargs": "model.kwargs", "weights": "model.weights",
     "pretrained": "model.pretrained", "epochs": "train.epochs", "batch_size": "train.batch_size",
     "optimizer": "train.optimizer", "lr": "train.lr", "momentum": "train.momentum", "nesterov": "train.nesterov",
     "weight_decay": "train.weight_decay", "schedule": "train.schedule", "warmup_epochs": "train.warmup_epochs",
@@ -170,7 +175,8 @@ class Run:
 
 
 def _make_trainer(cfg: Config, model: nn.Module, num_classes: int, device: torch.device, precision: str,
-                  callbacks: list[Callback], console: Console) -> Trainer:
+                  callbacks: list[Callback], console: Console, whitening: dict | None = None,
+                  augment=None) -> Trainer:
     channels_last = has_conv(model)
     model.to(device)
     if channels_last:
@@ -178,7 +184,8 @@ def _make_trainer(cfg: Config, model: nn.Module, num_classes: int, device: torch
     optimizer = create_optimizer(cfg.train.optimizer, [p for p in model.parameters() if p.requires_grad],
                                  cfg.train.lr, cfg.train.momentum, cfg.train.nesterov, cfg.train.weight_decay)
     return Trainer(model, build_loss(cfg, num_classes).to(device), optimizer, num_classes=num_classes,
-                   preprocess=build_normalize(cfg, device, channels_last), device=device, precision=precision,
+                   preprocess=build_normalize(cfg, device, channels_last, whitening), augment=augment,
+                   device=device, precision=precision,
                    callbacks=callbacks, top_k=cfg.train.top_k, regression=is_regression_loss(cfg),
                    grad_clip=cfg.train.grad_clip, console=console)
 
@@ -220,18 +227,28 @@ def _fit_in(cfg: Config, run_dir: Path, device: torch.device, precision: str, co
     classes = prepared.class_names
     train_split, val_split = prepared.splits["train"], prepared.splits.get("val")
     plan = balance.plan_balance(cfg, train_split.y, len(classes), val_split is not None, log)
-    train_x, train_y = balance.apply_synthetic(plan, train_split.x, train_split.y, cfg.balance.smote_k,
-                                               cfg.train.seed, log)
+    if plan.synthetic is not None:  # SMOTE-family on pixels: new images join the in-memory train split
+        if not isinstance(train_split, DecodedSplit):
+            raise CnnlabError(f"{plan.synthetic} on pixels needs the train split in memory; it is streamed because "
+                              "it is over data.memory_budget_mb: use a smaller --image-size or another --balance")
+        x, y = balance.apply_synthetic(plan, train_split.x, train_split.y, cfg.balance.smote_k, cfg.train.seed, log)
+        train_split = DecodedSplit(x, y, [])
+    train_y = train_split.y
     seed_everything(cfg.train.seed)
     model = build_model(cfg, len(classes))
     callbacks = build_callbacks(cfg, run_dir, val_split is not None) + extra_callbacks
-    trainer = _make_trainer(cfg, model, len(classes), device, precision, callbacks, console)
+    augmenter = build_augmenter(cfg.augment, cfg.train.seed, len(classes))
+    trainer = _make_trainer(cfg, model, len(classes), device, precision, callbacks, console, prepared.whitening,
+                            augmenter.mix if augmenter is not None and augmenter.mixes else None)
     trainer.headline_metrics = balance.headline_metrics(plan, len(classes), val_split is not None)
     sampler = (balance.create_sampler(plan.sampler, train_y, len(classes), cfg.balance.epoch_samples)
                if plan.sampler else None)
-    train = TensorBatches(train_x.to(device), train_y.to(device), cfg.train.batch_size, True, cfg.train.seed,
-                          sampler=sampler)
-    val = (TensorBatches(val_split.x.to(device), val_split.y.to(device), cfg.train.eval_batch_size, False)
+    workers = cfg.data.workers
+    train = make_batches(train_split, cfg.train.batch_size, True, cfg.train.seed, device, workers, sampler=sampler)
+    if augmenter is not None:
+        train = augmenter.wrap(train)
+        log(f"augmentation {describe_augment(cfg.augment)}")
+    val = (make_batches(val_split, cfg.train.eval_batch_size, False, 0, device, workers)
            if val_split is not None else None)
     cfg.train.epochs = resolve_epochs(cfg.train.epochs, len(train))
     trainer.scheduler = create_scheduler(cfg.train.schedule, trainer.optimizer, cfg.train.epochs * len(train),
@@ -280,6 +297,7 @@ def _write_run_files(run_dir: Path, cfg: Config, meta: dict, classes: list[str],
     (run_dir / "classes.json").write_text(json.dumps(classes, indent=2, ensure_ascii=False), encoding="utf-8")
     (run_dir / "summary.txt").write_text(summary_text + "\n", encoding="utf-8")
     _write_skipped(run_dir, prepared.skipped)
+    save_preprocess(prepared.whitening, run_dir)
 
 
 def _final_metrics(run: Run, prepared, has_val: bool, wall: float) -> dict[str, Any]:
@@ -305,8 +323,7 @@ def _final_metrics(run: Run, prepared, has_val: bool, wall: float) -> dict[str, 
     for split in ("val", "test"):
         if split in prepared.splits:
             data = prepared.splits[split]
-            batches = TensorBatches(data.x.to(trainer.device), data.y.to(trainer.device),
-                                    cfg.train.eval_batch_size, False)
+            batches = make_batches(data, cfg.train.eval_batch_size, False, 0, trainer.device, cfg.data.workers)
             logs, cm = trainer.evaluate(batches, prefix="")
             out[split] = {**logs, "confusion_matrix": cm}
     return out
@@ -359,7 +376,8 @@ def load_run(path: str | Path, weights: str = "best", device: str | None = None)
     if found is None:
         raise CnnlabError(f"{run_dir} has no weights ({weights}.safetensors or last.safetensors)")
     model.load_state_dict(load_weights_file(found))
-    trainer = _make_trainer(cfg, model, len(classes), dev, precision, [], Console(quiet=True))
+    trainer = _make_trainer(cfg, model, len(classes), dev, precision, [], Console(quiet=True),
+                            load_preprocess(run_dir))
     history: list[dict[str, Any]] = []
     if (run_dir / "metrics.json").is_file():
         metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))

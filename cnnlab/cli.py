@@ -28,6 +28,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--id-col", help="CSV column with image ids")
     g.add_argument("--label-col", help="CSV column with labels")
     g.add_argument("--skip-missing", action="store_true", default=None, help="skip CSV ids that have no image")
+    g.add_argument("--normalize", help="standardize, scale, model, zero_center, per_image, zca, pca")
+    g.add_argument("--augment", metavar="PRESET", help="training augmentation: none (default), light, medium, "
+                   "heavy; options with --set augment.KEY=VALUE")
     g = p.add_argument_group("model")
     g.add_argument("--model", help="model name (cnnlab models), timm:<name>, or a layer-spec .yaml")
     g.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
@@ -62,7 +65,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", default=None, help="no progress bar; log lines only")
 
 
-_TRAIN_KEYS = ("val_split", "image_size", "channels", "images", "id_col", "label_col", "skip_missing", "model",
+_TRAIN_KEYS = ("val_split", "image_size", "channels", "images", "id_col", "label_col", "skip_missing", "normalize",
+               "augment", "model",
                "weights", "pretrained", "epochs", "batch_size", "lr", "optimizer", "momentum", "nesterov",
                "weight_decay", "schedule", "warmup_epochs", "loss", "label_smoothing", "balance", "seed", "device",
                "precision", "monitor", "early_stopping", "reduce_lr", "target", "tensorboard", "out", "quiet")
@@ -162,6 +166,15 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_augment_preview(args: argparse.Namespace) -> int:
+    from cnnlab.data.preview import write_augment_preview
+
+    path = write_augment_preview(args.data, args.out, preset=args.augment, n=args.n, seed=args.seed,
+                                 image_size=args.image_size, overrides=args.overrides)
+    print(f"wrote {path}")
+    return 0
+
+
 def _parse_input(text: str) -> tuple[int, int, int]:
     parts = text.lower().replace(",", "x").split("x")
     try:
@@ -229,6 +242,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id-col")
     p.add_argument("--label-col")
     p.set_defaults(func=cmd_inspect)
+    p = sub.add_parser("augment-preview", help="a grid of original vs augmented training images (PNG)")
+    p.add_argument("data")
+    p.add_argument("--out", default="augment_preview.png", help="PNG to write (default augment_preview.png)")
+    p.add_argument("--augment", default="medium", help="preset: none, light, medium, heavy (default medium)")
+    p.add_argument("--n", type=int, default=8, help="images per row (default 8)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="e.g. --set augment.rotate=30")
+    p.set_defaults(func=cmd_augment_preview)
     p = sub.add_parser("summary", help="Keras-style table of a model's layers, shapes and parameters")
     p.add_argument("model")
     p.add_argument("--input", default="3x32x32", help="CxHxW (default 3x32x32)")

@@ -30,11 +30,37 @@ class DataConfig:
     id_col: str | None = None  # CSV id column (default: detected)
     label_col: str | None = None  # CSV label column (default: detected)
     skip_missing: bool = False  # CSV ids without an image: skip them instead of stopping
-    memory_budget_mb: int = 4096  # decoded uint8 images up to this size are held in memory
+    memory_budget_mb: int = 4096  # decoded uint8 images up to this size are held in memory; larger ones stream
     val_source: str = "split"  # split: held-out val (or the data's val folder); test: validate on the test split
     normalize: str = "standardize"  # standardize (train mean/std) | scale ([0,1]) | model (the model's mean/std)
+    # | zero_center (minus the train per-channel mean, VGG) | per_image (minus each image's own mean, AlexNet)
+    # | zca | pca (whitening fitted on train, stored in the run folder as preprocess.safetensors)
     mean: list[float] | None = None  # resolved per channel, in [0,1] units
     std: list[float] | None = None
+    whiten_eps: float = 0.01  # added to the covariance eigenvalues before whitening ([0,1] pixel units)
+    cache: bool = True  # decoded-image cache for folder/zip/csv data (CNNLAB_CACHE_DIR, default ~/.cache/cnnlab)
+    workers: int = 2  # DataLoader worker processes when streaming (data over memory_budget_mb)
+    max_image_pixels: int = 400_000_000  # larger images are skipped (decompression-bomb limit)
+
+
+@dataclass
+class AugmentConfig:
+    """Training-time augmentation (cnnlab.data.augment). A preset fills every option; set options override it."""
+
+    preset: str = "none"  # none | light | medium | heavy
+    hflip: float | None = None  # probability of a horizontal flip
+    vflip: float | None = None
+    rotate: float | None = None  # max degrees, +-
+    translate: float | None = None  # max shift, fraction of the side
+    scale: float | None = None  # max zoom in/out, e.g. 0.1 -> 0.9..1.1
+    crop_scale: float | None = None  # random resized crop: min area fraction (1.0 = off)
+    color: float | None = None  # brightness / contrast / saturation jitter strength
+    erase: float | None = None  # probability of random erasing (cutout)
+    noise: float | None = None  # Gaussian noise std in [0,1] pixel units
+    jpeg: float | None = None  # probability of JPEG-compression noise
+    mixup: float | None = None  # Beta(alpha, alpha) for mixup; 0 = off
+    cutmix: float | None = None  # Beta(alpha, alpha) for cutmix; 0 = off
+    groups: int = 16  # random parameters drawn per group of a batch (see cnnlab.data.augment)
 
 
 @dataclass
@@ -102,6 +128,7 @@ class BalanceConfig:
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
     balance: BalanceConfig = field(default_factory=BalanceConfig)

@@ -16,9 +16,18 @@ import torch
 from torch import nn
 
 from cnnlab.config import Config
-from cnnlab.data.dataset import DecodedSplit, ImageGeometry, channel_stats, decode_split, infer_geometry
+from cnnlab.data.cache import decode_split_cached
+from cnnlab.data.dataset import DecodedSplit, ImageGeometry, infer_geometry, set_max_image_pixels
+from cnnlab.data.preprocess import (
+    NORMALIZE_MODES,
+    WHITEN_MODES,
+    Preprocess,
+    channel_stats_of,
+    fit_whitening,
+    stats_indices,
+)
 from cnnlab.data.readers import DataSource, load_source, skipped_summary
-from cnnlab.data.transforms import Normalize
+from cnnlab.data.stream import StreamedSplit, sample_images, stream_split
 from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model
 from cnnlab.train import callbacks as cbs
@@ -29,8 +38,10 @@ from cnnlab.train.losses import REGRESSION_LOSSES, create_loss
 class PreparedData:
     source: DataSource
     geometry: ImageGeometry
-    splits: dict[str, DecodedSplit]
+    splits: dict[str, DecodedSplit | StreamedSplit]
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    whitening: dict[str, torch.Tensor] | None = None  # the fitted zca / pca map (preprocess.safetensors)
+    streamed: bool = False
 
     @property
     def class_names(self) -> list[str]:
@@ -45,11 +56,15 @@ def seed_everything(seed: int) -> None:
 
 
 def prepare_data(cfg: Config, log=print) -> PreparedData:
-    """Read and decode every split of cfg.data.source; resolves image size, channels, mean and std into cfg."""
+    """Read and decode every split of cfg.data.source; resolves image size, channels, mean and std into cfg.
+
+    Splits that fit data.memory_budget_mb are held in memory; larger data is streamed (cnnlab.data.stream).
+    """
     d = cfg.data
     if d.val_source not in ("split", "test"):
         raise CnnlabError(f"data.val_source must be split or test, got '{d.val_source}'")
     use_test = d.val_source == "test"
+    set_max_image_pixels(d.max_image_pixels)
     src = load_source(d.source, val_split=0.0 if use_test else d.val_split, seed=cfg.train.seed, images=d.images,
                       id_col=d.id_col, label_col=d.label_col, skip_missing=d.skip_missing)
     if use_test:  # as Keras's validation_data=(x_test, y_test): every train image is used; test is watched
@@ -57,27 +72,45 @@ def prepare_data(cfg: Config, log=print) -> PreparedData:
             raise CnnlabError(f"--set data.val_source=test needs a test split, and {d.source} has none")
         src.splits["val"] = src.splits.pop("test")
         log("note: validating on the test split (data.val_source=test): do not tune on it")
-    geom = infer_geometry(src, d.image_size, d.channels)
+    channels = d.channels or (3 if cfg.model.pretrained else None)  # pretrained models expect RGB
+    geom = infer_geometry(src, d.image_size, channels)
     h, w = geom.size
     total = sum(len(s) for s in src.splits.values()) * geom.channels * h * w / 2**20
-    if total > d.memory_budget_mb:
-        raise CnnlabError(
-            f"the decoded images need {total:,.0f} MB, over the memory budget of {d.memory_budget_mb:,} MB: "
-            "use a smaller --image-size or raise --set data.memory_budget_mb=N"
-        )
-    splits = {name: decode_split(src, split, geom, d.resize) for name, split in src.splits.items()}
+    stream = total > d.memory_budget_mb
+    if stream:
+        log(f"the decoded images need {total:,.0f} MB, over data.memory_budget_mb={d.memory_budget_mb:,}: "
+            "streaming them with a DataLoader")
+        splits = {name: stream_split(src, split, geom, d.resize, d.cache) for name, split in src.splits.items()}
+    else:
+        splits = {name: decode_split_cached(src, split, geom, d.resize, d.cache, log)
+                  for name, split in src.splits.items()}
     skipped = list(src.skipped) + [s for sp in splits.values() for s in sp.skipped]
     if skipped:
         log(f"warning: skipped {len(skipped)} files ({skipped_summary(skipped)}); listed in skipped.txt")
     d.image_size, d.channels = h, geom.channels
+    whitening = fit_statistics(cfg, splits["train"])
+    return PreparedData(src, geom, splits, skipped, whitening, stream)
+
+
+def fit_statistics(cfg: Config, train) -> dict[str, torch.Tensor] | None:
+    """Resolve data.mean / data.std from the training split; fit and return a whitening map if asked for."""
+    d = cfg.data
+    if d.normalize not in NORMALIZE_MODES:
+        raise CnnlabError(f"unknown data.normalize '{d.normalize}': use {', '.join(NORMALIZE_MODES)}")
+    needs_sample = d.normalize in WHITEN_MODES or (d.normalize in ("standardize", "zero_center") and
+                                                   (d.mean is None or d.std is None))
+    per_image = d.channels * d.image_size * d.image_size
+    sample = sample_images(train, stats_indices(len(train), image_values=per_image)) if needs_sample else None
+    if d.normalize in WHITEN_MODES:
+        return fit_whitening(sample[stats_indices(len(sample), 5_000)], d.normalize, d.whiten_eps)
     if d.mean is None or d.std is None:
-        if d.normalize == "standardize":
-            d.mean, d.std = channel_stats(splits["train"].x)
-        elif d.normalize == "scale":
-            d.mean, d.std = [0.0] * geom.channels, [1.0] * geom.channels
-        elif d.normalize != "model":
-            raise CnnlabError(f"unknown data.normalize '{d.normalize}': use standardize, scale or model")
-    return PreparedData(src, geom, splits, skipped)
+        if d.normalize in ("standardize", "zero_center"):
+            d.mean, d.std = channel_stats_of(sample)
+            if d.normalize == "zero_center":
+                d.std = [1.0] * d.channels
+        elif d.normalize in ("scale", "per_image"):
+            d.mean, d.std = [0.0] * d.channels, [1.0] * d.channels
+    return None
 
 
 def build_model(cfg: Config, num_classes: int) -> nn.Module:
@@ -121,8 +154,10 @@ def is_regression_loss(cfg: Config) -> bool:
     return cfg.train.loss in REGRESSION_LOSSES
 
 
-def build_normalize(cfg: Config, device: torch.device, channels_last: bool) -> Normalize:
-    return Normalize(cfg.data.mean, cfg.data.std, device, channels_last)
+def build_normalize(cfg: Config, device: torch.device, channels_last: bool,
+                    whitening: dict[str, torch.Tensor] | None = None) -> Preprocess:
+    """The batch preprocessing of cfg.data.normalize (whitening: the run's fitted map, preprocess.safetensors)."""
+    return Preprocess(cfg.data.normalize, cfg.data.mean, cfg.data.std, device, channels_last, whitening)
 
 
 def has_conv(model: nn.Module) -> bool:

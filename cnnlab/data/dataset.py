@@ -19,7 +19,7 @@ from PIL import Image, ImageFile, ImageOps
 from cnnlab.data.readers import DataSource, Split
 from cnnlab.errors import CnnlabError
 
-Image.MAX_IMAGE_PIXELS = 20_000 * 20_000  # larger raises DecompressionBombError: skipped as too large
+Image.MAX_IMAGE_PIXELS = 400_000_000  # larger raises DecompressionBombError: skipped as too large (data config)
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error (skipped), not half an image
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 
@@ -60,9 +60,17 @@ def resize_image(im: Image.Image, size: int, policy: str) -> Image.Image:
     return im.crop((left, top, left + size, top + size))
 
 
+def set_max_image_pixels(limit: int) -> None:
+    """Images with more pixels than `limit` are refused (skipped) before their pixels are decoded."""
+    Image.MAX_IMAGE_PIXELS = int(limit)
+
+
 def decode_image(data: bytes, channels: int, size: int | None, policy: str = "crop") -> np.ndarray:
     """Bytes of any image file -> (H, W, C) uint8. Raises on unreadable data (callers skip the file)."""
     with Image.open(io.BytesIO(data)) as im:
+        limit = Image.MAX_IMAGE_PIXELS
+        if limit and im.width * im.height > limit:  # PIL itself only refuses above twice the limit
+            raise Image.DecompressionBombError(f"{im.width}x{im.height} pixels is over the limit of {limit:,}")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             im.load()

@@ -49,14 +49,21 @@ class TensorBatches:
         n = self._epoch_size() - (1 if self.drop_single else 0)
         return (n + self.batch_size - 1) // self.batch_size
 
-    def batches(self, epoch: int = 0, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch_order(self, epoch: int) -> torch.Tensor | None:
+        """Sample indices of epoch `epoch` in batch order (None: the stored order), a pure function of (seed, epoch)."""
         order = None
         if self.sampler is not None:
-            order = self.sampler.order(self.seed, epoch).to(self.x.device)
+            order = self.sampler.order(self.seed, epoch)
         elif self.shuffle:
-            order = epoch_permutation(len(self.y), self.seed, epoch).to(self.x.device)
+            order = epoch_permutation(len(self.y), self.seed, epoch)
         if order is not None and self.drop_single:
             order = order[:-1]
+        return order
+
+    def batches(self, epoch: int = 0, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = self.epoch_order(epoch)
+        if order is not None:
+            order = order.to(self.x.device)
         for step in range(start_step, len(self)):
             lo = step * self.batch_size
             if order is None:

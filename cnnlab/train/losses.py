@@ -41,7 +41,8 @@ class OneHotLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
-        onehot = F.one_hot(target, self.num_classes).to(logits.dtype)
+        soft = target.is_floating_point()  # class probabilities (mixup / cutmix) instead of indices
+        onehot = target.to(logits.dtype) if soft else F.one_hot(target, self.num_classes).to(logits.dtype)
         if self.label_smoothing:
             onehot = onehot * (1 - self.label_smoothing) + self.label_smoothing / self.num_classes
         if self.kind == "bce":
@@ -51,7 +52,7 @@ class OneHotLoss(nn.Module):
         else:
             per = (logits.softmax(dim=1) - onehot).abs().mean(dim=1)
         if self.weight is not None:
-            w = self.weight[target]
+            w = onehot @ self.weight if soft else self.weight[target]
             return (per * w).sum() / w.sum()
         return per.mean()
 
