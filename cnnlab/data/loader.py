@@ -50,7 +50,7 @@ class TensorBatches:
         return (n + self.batch_size - 1) // self.batch_size
 
     def epoch_order(self, epoch: int) -> torch.Tensor | None:
-        """Sample indices of epoch `epoch` in batch order (None: the stored order), a pure function of (seed, epoch)."""
+        """Indices of epoch `epoch` in batch order (None: stored order); a pure function of (seed, epoch)."""
         order = None
         if self.sampler is not None:
             order = self.sampler.order(self.seed, epoch)

@@ -152,7 +152,8 @@ class StreamBatches(TensorBatches):
         self.batch_sampler = _EpochBatchSampler(self)
         pin = self.device.type == "cuda"
         extra = {"persistent_workers": True, "prefetch_factor": prefetch} if workers > 0 else {}
-        self.loader = DataLoader(dataset, batch_sampler=self.batch_sampler, num_workers=workers, pin_memory=pin, **extra)
+        self.loader = DataLoader(dataset, batch_sampler=self.batch_sampler, num_workers=workers, pin_memory=pin,
+                                 **extra)
 
     def batches(self, epoch: int = 0, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self.batch_sampler.epoch, self.batch_sampler.start_step = epoch, start_step
