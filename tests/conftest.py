@@ -73,6 +73,17 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 300) -> subproce
                           env=env, timeout=timeout)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache_dir(tmp_path_factory):
+    """Decoded-image and feature caches go to a temporary folder, never to the user's ~/.cache."""
+    if "CNNLAB_CACHE_DIR" not in os.environ:
+        os.environ["CNNLAB_CACHE_DIR"] = str(tmp_path_factory.mktemp("cnnlab-cache"))
+        yield
+        del os.environ["CNNLAB_CACHE_DIR"]
+    else:
+        yield
+
+
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     return make_image_folder(tmp_path / "pets", classes=("cat", "dog", "fox"), per_class=12)
