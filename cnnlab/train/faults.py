@@ -85,7 +85,7 @@ def raise_if_nonfinite(trainer: Trainer, loss: torch.Tensor, grad_norm: torch.Te
     if bool(bad):
         lr = trainer.optimizer.param_groups[0]["lr"]
         finite_loss = bool(torch.isfinite(loss.detach()))
-        what, value = ("gradient norm", float(grad_norm)) if finite_loss else ("loss", float(loss))
+        what, value = ("gradient norm", float(grad_norm.detach())) if finite_loss else ("loss", float(loss.detach()))
         raise NonFiniteLoss(what, value, trainer.epoch, step, lr)
 
 
