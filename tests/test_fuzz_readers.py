@@ -404,3 +404,10 @@ def test_found_npz_with_scalar_class_names(tmp_path):
     np.savez(path, x=np.zeros((6, 4, 4), np.uint8), y=np.arange(6) % 2, class_names=np.array(5))
     with pytest.raises(CnnlabError, match="class_names"):  # was: TypeError iterating a 0-d array
         load_source(str(path))
+
+
+def test_found_npz_with_a_test_split_only(tmp_path):
+    path = tmp_path / "d.npz"
+    np.savez(path, x_test=np.zeros((6, 4, 4), np.uint8), y_test=np.arange(6) % 2)
+    with pytest.raises(CnnlabError, match="needs arrays 'x' and 'y'"):  # was: KeyError 'train'
+        load_source(str(path))

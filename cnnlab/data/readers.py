@@ -451,7 +451,7 @@ def read_npz(path: Path) -> DataSource:
     for split in ("train", "val", "test"):
         if f"x_{split}" in data and f"y_{split}" in data:
             splits[split] = _array_split(data[f"x_{split}"], data[f"y_{split}"], str(path), f"{split}/")
-    if not splits:
+    if "train" not in splits:
         raise CnnlabError(f"{path} needs arrays 'x' and 'y' (or x_train/y_train); it has {', '.join(data)}")
     names = _labels_to_index(splits, names, str(path))
     return DataSource(path.stem, "npz", names, splits)
