@@ -191,7 +191,7 @@ def test_split_batch_gives_the_full_batch_gradient():
     torch.manual_seed(0)
     model = cnnlab.create_model("mlp", 4, in_chans=1, input_size=(8, 8))
     trainer = Trainer(model, torch.nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.1),
-                      num_classes=4, preprocess=lambda x: x, device=torch.device("cpu"), quiet=True)
+                      num_classes=4, preprocess=lambda x: x, device=torch.device("cpu"))
     model.eval()  # no dropout: every split sees the same function
     x, y = torch.randn(12, 1, 8, 8), torch.randint(0, 4, (12,))
     grads, losses = [], []
