@@ -7,6 +7,7 @@ from cnnlab.config import Config, load_config  # noqa: E402
 from cnnlab.errors import CnnlabError  # noqa: E402
 from cnnlab.models import create_model, list_models, register_model  # noqa: E402
 from cnnlab.models.summary import summary  # noqa: E402
+from cnnlab.resume import resume  # noqa: E402
 from cnnlab.train.callbacks import (  # noqa: E402
     Callback,
     CSVLogger,
@@ -20,5 +21,5 @@ from cnnlab.train.callbacks import (  # noqa: E402
 __all__ = [
     "Callback", "CSVLogger", "CnnlabError", "Config", "EarlyStopping", "ModelCheckpoint", "ReduceLROnPlateau",
     "Run", "StopOnTarget", "TensorBoard", "__version__", "create_model", "evaluate", "fit", "list_models",
-    "load_config", "load_run", "predict", "register_model", "summary",
+    "load_config", "load_run", "predict", "register_model", "resume", "summary",
 ]

@@ -49,8 +49,9 @@ from cnnlab.prepare import (
     resolve_monitor,
     seed_everything,
 )
+from cnnlab.train.autosave import attach_checkpointer
 from cnnlab.train.callbacks import Callback
-from cnnlab.train.checkpoint import load_weights_file, save_state, save_weights
+from cnnlab.train.checkpoint import load_weights_file
 from cnnlab.train.loop import Trainer, resolve_device, resolve_precision
 from cnnlab.train.metrics import per_class_report
 from cnnlab.train.optim import create_optimizer, create_scheduler, resolve_epochs
@@ -68,6 +69,7 @@ SHORT_NAMES = {
     "device": "train.device", "precision": "train.precision", "monitor": "callbacks.monitor",
     "early_stopping": "callbacks.early_stopping", "reduce_lr": "callbacks.reduce_lr", "target": "callbacks.target",
     "tensorboard": "callbacks.tensorboard", "balance": "balance.methods", "out": "out", "verbose": "verbose",
+    "checkpoint_every": "train.checkpoint_every_steps",
 }
 
 
@@ -191,7 +193,8 @@ def _make_trainer(cfg: Config, model: nn.Module, num_classes: int, device: torch
 
 
 def fit(data: str | None = None, *, config: str | Path | Config | dict | None = None,
-        callbacks: list[Callback] | None = None, overrides: list[str] | None = None, **kwargs: Any) -> Run:
+        callbacks: list[Callback] | None = None, overrides: list[str] | None = None,
+        resume: str | Path | None = None, **kwargs: Any) -> Run:
     """Train a model on `data` and write a run folder.
 
     Args:
@@ -199,12 +202,17 @@ def fit(data: str | None = None, *, config: str | Path | Config | dict | None = 
         config: a YAML file, dict or Config to start from.
         callbacks: extra Callback objects (beside those the config asks for).
         overrides: dotted `section.key=value` strings.
+        resume: a run folder to continue from its last checkpoint instead (see cnnlab.resume.resume).
         **kwargs: short names (model, epochs, batch_size, lr, optimizer, loss, seed, out, quiet, ...) or any
             config field as section__key.
 
     Returns:
         The Run: model, history, metrics and run folder.
     """
+    if resume is not None:
+        from cnnlab.resume import resume as resume_run
+
+        return resume_run(resume, callbacks=callbacks, **kwargs)
     cfg = build_config(data, config, overrides, **kwargs)
     console = Console(highlight=False, quiet=cfg.verbose == 0)
     device = resolve_device(cfg.train.device)
@@ -220,7 +228,8 @@ def fit(data: str | None = None, *, config: str | Path | Config | dict | None = 
 
 
 def _fit_in(cfg: Config, run_dir: Path, device: torch.device, precision: str, console: Console,
-            extra_callbacks: list[Callback]) -> Run:
+            extra_callbacks: list[Callback], resume_state: dict | None = None) -> Run:
+    """Prepare data, model and trainer from `cfg`, train (from the start, or from `resume_state`), finish."""
     seed_everything(cfg.train.seed)
     log = lambda m: console.print(m, markup=False, soft_wrap=True)  # noqa: E731
     prepared = prepare_data(cfg, log)
@@ -236,7 +245,8 @@ def _fit_in(cfg: Config, run_dir: Path, device: torch.device, precision: str, co
     train_y = train_split.y
     seed_everything(cfg.train.seed)
     model = build_model(cfg, len(classes))
-    callbacks = build_callbacks(cfg, run_dir, val_split is not None) + extra_callbacks
+    resuming = resume_state is not None
+    callbacks = build_callbacks(cfg, run_dir, val_split is not None, resume=resuming) + extra_callbacks
     augmenter = build_augmenter(cfg.augment, cfg.train.seed, len(classes))
     trainer = _make_trainer(cfg, model, len(classes), device, precision, callbacks, console, prepared.whitening,
                             augmenter.mix if augmenter is not None and augmenter.mixes else None)
@@ -257,18 +267,20 @@ def _fit_in(cfg: Config, run_dir: Path, device: torch.device, precision: str, co
     meta = environment_info(device, precision)
     summary_text = format_summary(summarize(model, (cfg.data.channels, cfg.data.image_size, cfg.data.image_size),
                                             device=device), title=f"Model: {cfg.model.name}")
-    _write_run_files(run_dir, cfg, meta, classes, summary_text, prepared)
+    if not resuming:
+        _write_run_files(run_dir, cfg, meta, classes, summary_text, prepared)
     counts = {s: len(v) for s, v in prepared.splits.items()}
     log(f"cnnlab {__version__}: {cfg.model.name} on {prepared.source.name} ({len(classes)} classes, "
         f"{cfg.data.channels}x{cfg.data.image_size}x{cfg.data.image_size}, "
         + ", ".join(f"{k} {v}" for k, v in counts.items()) + f") on {device} ({precision}); run folder {run_dir}")
 
-    def save_last(epoch: int) -> None:
-        save_weights(model, run_dir / "last.safetensors")
-        save_state(training_state(trainer, epoch), run_dir / "last_state.pt")
-
+    t = cfg.train
+    checkpointer = attach_checkpointer(trainer, run_dir, t.checkpoint_every_steps, t.nan_policy, t.nan_retries,
+                                       t.nan_lr_factor)
+    start_epoch, start_step = checkpointer.start(resume_state, cfg.train.epochs)
     t0 = time.perf_counter()
-    trainer.fit(train, val, cfg.train.epochs, on_epoch_saved=save_last)
+    with checkpointer.protect():  # Ctrl-C saves and stops; a full disk is one clear line
+        trainer.fit(train, val, cfg.train.epochs, start_epoch, start_step, on_epoch_saved=checkpointer.save_epoch)
     wall = time.perf_counter() - t0
     run = Run(run_dir, cfg, classes, model, trainer, trainer.history, meta=meta)
     run.metrics = _final_metrics(run, prepared, val is not None, wall)
@@ -279,13 +291,10 @@ def _fit_in(cfg: Config, run_dir: Path, device: torch.device, precision: str, co
 
 
 def training_state(trainer: Trainer, epoch: int) -> dict[str, Any]:
-    """Everything besides the weights that a resumed run needs (plain tensors and values only)."""
-    return {
-        "epoch": epoch + 1, "global_step": trainer.global_step, "optimizer": trainer.optimizer.state_dict(),
-        "scheduler": trainer.scheduler.state_dict() if trainer.scheduler is not None else None,
-        "callbacks": [cb.state_dict() for cb in trainer.callbacks], "history": trainer.history,
-        "torch_rng": torch.get_rng_state(),
-    }
+    """The full state at the end of epoch `epoch` (0-based): see cnnlab.train.state.capture_state."""
+    from cnnlab.train.state import capture_state
+
+    return capture_state(trainer, epoch + 1, 0)
 
 
 def _write_run_files(run_dir: Path, cfg: Config, meta: dict, classes: list[str], summary_text: str,

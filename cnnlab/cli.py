@@ -62,6 +62,11 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--target", type=float, help="stop once the monitored metric reaches this value")
     g.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", default=None)
     p.add_argument("--out", help="run folder (default runs/<time>-<model>); never overwritten")
+    g = p.add_argument_group("crash safety")
+    g.add_argument("--resume", metavar="RUN", help="continue the run in folder RUN from its last checkpoint "
+                   "(same config; only --device, --quiet, --checkpoint-every may be given)")
+    g.add_argument("--checkpoint-every", type=int, metavar="N", help="also save the `last` checkpoint every N "
+                   "steps, so a crash loses at most N steps (default: every epoch)")
     p.add_argument("--quiet", action="store_true", default=None, help="no progress bar; log lines only")
 
 
@@ -69,7 +74,8 @@ _TRAIN_KEYS = ("val_split", "image_size", "channels", "images", "id_col", "label
                "augment", "model",
                "weights", "pretrained", "epochs", "batch_size", "lr", "optimizer", "momentum", "nesterov",
                "weight_decay", "schedule", "warmup_epochs", "loss", "label_smoothing", "balance", "seed", "device",
-               "precision", "monitor", "early_stopping", "reduce_lr", "target", "tensorboard", "out", "quiet")
+               "precision", "monitor", "early_stopping", "reduce_lr", "target", "tensorboard", "out", "quiet",
+               "checkpoint_every")
 
 
 def _model_kwargs(items: list[str]) -> dict[str, Any]:
@@ -84,9 +90,25 @@ def _model_kwargs(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def _cmd_resume(args: argparse.Namespace) -> int:
+    from cnnlab.resume import resume
+
+    allowed = {"device", "quiet", "checkpoint_every"}
+    given = [k for k in (*_TRAIN_KEYS, "data", "config") if k not in allowed and getattr(args, k) is not None]
+    given += ["--set"] * bool(args.overrides) + ["--model-arg"] * bool(args.model_arg)
+    if given:
+        names = ", ".join(g if g.startswith("--") else "--" + g.replace("_", "-") for g in given)
+        raise CnnlabError(f"--resume continues a run with its own config.yaml; drop {names} (or start a new run "
+                          "with --config RUN/config.yaml)")
+    resume(args.resume, device=args.device, quiet=args.quiet, checkpoint_every=args.checkpoint_every)
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from cnnlab.api import fit
 
+    if args.resume is not None:
+        return _cmd_resume(args)
     if args.data is None and args.config is None:
         raise CnnlabError("say what to train on: cnnlab train DATA (e.g. cnnlab train digits)")
     kwargs = {k: getattr(args, k) for k in _TRAIN_KEYS}
@@ -272,6 +294,6 @@ def main(argv: list[str] | None = None) -> int:
     except CnnlabError as e:
         print(f"cnnlab: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("cnnlab: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:  # TrainingInterrupted says where it saved and how to resume
+        print(str(e) or "cnnlab: interrupted", file=sys.stderr)
         return 130

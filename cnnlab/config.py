@@ -92,6 +92,10 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:1 | mps
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     eval_batch_size: int = 512
+    checkpoint_every_steps: int | None = None  # also save the `last` checkpoint every N steps (resume mid-epoch)
+    nan_policy: str = "rollback"  # on a NaN / Inf loss: rollback (last good state, lower lr) | stop
+    nan_retries: int = 3  # rollbacks before stopping with advice
+    nan_lr_factor: float = 0.5  # learning-rate multiplier at each rollback
 
 
 @dataclass

@@ -11,9 +11,11 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import math
 import os
 import struct
 import zipfile
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -27,6 +29,8 @@ SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "
                  "test": "test", "testing": "test"}
 JUNK_NAMES = {".ds_store", "thumbs.db", "desktop.ini"}
 BUILTINS = ("digits", "mnist", "fashion_mnist", "cifar10")
+MAX_ENTRY_BYTES = 512 << 20  # a zip entry declaring more is skipped: no image for training is that large
+MAX_CLASSES = 100_000  # integer labels above this are a broken file, not class indices (and would cost GBs)
 
 
 @dataclass
@@ -214,8 +218,8 @@ def _zip_entries(path: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str
     try:
         with zipfile.ZipFile(path) as zf:
             infos = zf.infolist()
-    except zipfile.BadZipFile:
-        raise CnnlabError(f"{path} is not a readable zip archive") from None
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, struct.error) as e:
+        raise CnnlabError(f"{path} is not a readable zip archive ({type(e).__name__})") from None
     skipped, names = [], []
     for info in infos:
         if info.is_dir():
@@ -224,6 +228,8 @@ def _zip_entries(path: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str
             skipped.append((info.filename, "unsafe entry name (absolute or '..'), refused"))
         elif info.flag_bits & 0x1:
             skipped.append((info.filename, "encrypted entry"))
+        elif info.file_size > MAX_ENTRY_BYTES:
+            skipped.append((info.filename, f"declared size over {MAX_ENTRY_BYTES >> 20} MB (damaged or a zip bomb)"))
         else:
             names.append(info.filename)
     parts = [PurePosixPath(n).parts for n in names if not _is_hidden(PurePosixPath(n).parts)]
@@ -273,11 +279,21 @@ def _read_csv_rows(path: Path) -> tuple[list[str], list[list[str]]]:
         dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t")
     except csv.Error:
         dialect = csv.excel
-    rows = [r for r in csv.reader(io.StringIO(text), dialect) if any(c.strip() for c in r)]
+    try:
+        rows = _parse_csv(text, dialect)
+    except csv.Error:  # bare CR line ends (old Mac exports): read them as line ends
+        try:
+            rows = _parse_csv(text.replace("\r\n", "\n").replace("\r", "\n"), dialect)
+        except csv.Error as e:  # e.g. a field over csv.field_size_limit()
+            raise CnnlabError(f"{path} is not a readable CSV file: {e}") from None
     if len(rows) < 2:
         raise CnnlabError(f"{path} has no data rows: expected a header line (e.g. id,label) and one row per image")
     header = [h.strip() for h in rows[0]]
     return header, rows[1:]
+
+
+def _parse_csv(text: str, dialect) -> list[list[str]]:
+    return [r for r in csv.reader(io.StringIO(text, newline=""), dialect) if any(c.strip() for c in r)]
 
 
 def _pick_column(header: list[str], wanted: str | None, names: tuple[str, ...], role: str, option: str,
@@ -381,9 +397,11 @@ def _sorted_labels(values: set[str]) -> list[str]:
 def _check_images_array(x: np.ndarray, where: str) -> np.ndarray:
     if x.ndim == 3:
         x = x[..., None]
-    if x.ndim != 4 or x.shape[-1] not in (1, 3, 4):
+    if x.ndim != 4 or x.shape[-1] not in (1, 3, 4) or min(x.shape[1:3]) < 1:
         raise CnnlabError(f"{where}: images must have shape (N,H,W) or (N,H,W,C) with C in 1, 3, 4; "
                           f"got {x.shape}")
+    if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating) or x.dtype == bool):
+        raise CnnlabError(f"{where}: images must be numbers (uint8 0..255 or floats), got dtype {x.dtype}")
     if x.dtype != np.uint8:
         if np.issubdtype(x.dtype, np.floating) and x.size and float(np.nanmax(x)) <= 1.0:
             x = np.clip(np.nan_to_num(x) * 255.0 + 0.5, 0, 255)
@@ -399,14 +417,21 @@ def _array_split(x: np.ndarray, y: np.ndarray, where: str, prefix: str = "") -> 
     y = np.asarray(y).reshape(-1)
     if len(x) != len(y):
         raise CnnlabError(f"{where}: {len(x)} images but {len(y)} labels")
+    whole = y.dtype.kind in "iub" or (y.dtype.kind == "f" and bool(np.all(np.isfinite(y) & (y == np.round(y)))))
+    if not whole:
+        raise CnnlabError(f"{where}: labels must be whole numbers 0..K-1 (with class_names for their names), got "
+                          f"dtype {y.dtype}")
     return Split(y.astype(np.int64), [f"{prefix}{i}" for i in range(len(y))], array=x)
 
 
 def _labels_to_index(splits: dict[str, Split], names: list[str] | None, where: str) -> list[str]:
     values = np.unique(np.concatenate([s.labels for s in splits.values()]))
+    if values.size == 0:
+        raise CnnlabError(f"{where} holds no images")
     if names is None:
-        if values.min() < 0:
-            raise CnnlabError(f"{where}: labels must be 0..K-1 or come with class_names")
+        if values.min() < 0 or values.max() >= MAX_CLASSES:
+            raise CnnlabError(f"{where}: labels must be class indices 0..K-1 (K up to {MAX_CLASSES:,}) or come "
+                              f"with class_names; found values from {values.min()} to {values.max()}")
         names = [str(i) for i in range(int(values.max()) + 1)]
     elif values.max() >= len(names) or values.min() < 0:
         raise CnnlabError(f"{where}: labels go up to {values.max()} but there are {len(names)} class_names")
@@ -417,16 +442,16 @@ def read_npz(path: Path) -> DataSource:
     try:
         with np.load(path, allow_pickle=False) as f:
             data = {k: f[k] for k in f.files}
-    except (ValueError, OSError, zipfile.BadZipFile) as e:
-        raise CnnlabError(f"cannot read {path} as a .npz of arrays ({e})") from None
-    names = [str(n) for n in data["class_names"]] if "class_names" in data else None
+    except Exception as e:  # noqa: BLE001  (a damaged file fails in many ways: EOFError, zlib.error, BadZipFile...)
+        raise CnnlabError(f"cannot read {path} as a .npz of arrays ({type(e).__name__}: {e})") from None
+    names = [str(n) for n in np.asarray(data["class_names"]).reshape(-1)] if "class_names" in data else None
     splits = {}
     if "x" in data and "y" in data:
         splits["train"] = _array_split(data["x"], data["y"], str(path))
     for split in ("train", "val", "test"):
         if f"x_{split}" in data and f"y_{split}" in data:
             splits[split] = _array_split(data[f"x_{split}"], data[f"y_{split}"], str(path), f"{split}/")
-    if not splits:
+    if "train" not in splits:
         raise CnnlabError(f"{path} needs arrays 'x' and 'y' (or x_train/y_train); it has {', '.join(data)}")
     names = _labels_to_index(splits, names, str(path))
     return DataSource(path.stem, "npz", names, splits)
@@ -454,7 +479,7 @@ def read_idx(path: Path) -> np.ndarray:
     try:
         with opener(path, "rb") as f:
             data = f.read()
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError; a damaged stream, zlib.error
         raise CnnlabError(f"cannot read IDX file {path}: {e}") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES or not 1 <= data[3] <= 4:
         raise CnnlabError(f"{path} is not an IDX file (bad magic number)")
@@ -463,9 +488,9 @@ def read_idx(path: Path) -> np.ndarray:
         raise CnnlabError(f"{path} is truncated (header)")
     dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     dtype = np.dtype(_IDX_DTYPES[data[2]])
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(dims) * dtype.itemsize  # exact (Python ints): absurd dims cannot wrap around
     body = data[4 + 4 * ndim :]
-    if len(body) != expected:
+    if len(body) != expected or math.prod(d for d in dims if d) * dtype.itemsize >= 2**40:
         raise CnnlabError(f"{path} holds {len(body)} data bytes but its header {dims} needs {expected}")
     return np.frombuffer(body, dtype=dtype).reshape(dims)
 

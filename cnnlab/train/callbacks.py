@@ -148,13 +148,15 @@ class EarlyStopping(_Monitor):
             self.trainer.log(f"EarlyStopping: restored the weights of epoch {(self.best_epoch or 0) + 1}")
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "wait": self.wait, "best_epoch": self.best_epoch, "best_weights": self.best_weights}
+        return {"best": self.best, "wait": self.wait, "best_epoch": self.best_epoch, "best_weights": self.best_weights,
+                "stopped_epoch": self.stopped_epoch}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best = state.get("best", self.best)
         self.wait = state.get("wait", 0)
         self.best_epoch = state.get("best_epoch")
         self.best_weights = state.get("best_weights")
+        self.stopped_epoch = state.get("stopped_epoch")
 
 
 class ReduceLROnPlateau(_Monitor):
@@ -253,8 +255,9 @@ def _fmt(v: Any) -> Any:
 class TensorBoard(Callback):
     """Epoch scalars (every metric and the learning rate) as TensorBoard events in `log_dir`."""
 
-    def __init__(self, log_dir: str | Path) -> None:
+    def __init__(self, log_dir: str | Path, purge_step: int | None = None) -> None:
         self.log_dir = Path(log_dir)
+        self.purge_step = purge_step  # a resumed run drops events from this epoch on (written before a crash)
         self.writer = None
 
     def on_train_begin(self, logs: dict[str, Any]) -> None:
@@ -263,7 +266,7 @@ class TensorBoard(Callback):
         sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(str(self.log_dir))
+        self.writer = SummaryWriter(str(self.log_dir), purge_step=self.purge_step)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
         for key, value in logs.items():

@@ -7,6 +7,7 @@ a file that would need to run code to load is refused.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import tempfile
@@ -34,10 +35,12 @@ def _atomic_write(path: Path, write) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-    except OSError as e:
-        if os.path.exists(tmp):
+    except BaseException as e:  # also Ctrl-C / SystemExit mid-write: never leave the temporary file behind
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise CnnlabError(f"could not write {path} ({e.strerror or e}); the previous checkpoint is kept. "
+        if not isinstance(e, OSError):
+            raise
+        raise CnnlabError(f"could not write {path} ({e.strerror or e}); the previous {path.name} is kept. "
                           "Free disk space or choose another --out") from None
 
 

@@ -22,6 +22,7 @@ from cnnlab.data.loader import TensorBatches
 from cnnlab.errors import CnnlabError
 from cnnlab.train.callbacks import Callback
 from cnnlab.train.checkpoint import save_weights
+from cnnlab.train.faults import NonFiniteLoss, forward_backward, raise_if_nonfinite
 from cnnlab.train.metrics import MetricAccumulator, binary_scores
 
 
@@ -91,6 +92,10 @@ class Trainer:
         self.headline_metrics: list[str] = []  # extra metrics shown in the epoch line (e.g. val_roc_auc)
         self.decision_threshold: float | None = None  # two classes: predict 1 when P(1) >= this (else argmax)
         self._train_metrics: MetricAccumulator | None = None
+        self.resume_metrics: dict | None = None  # partial train metrics of the epoch being resumed
+        self.micro_batches = 1  # parts each batch is split into after a CUDA out-of-memory (cnnlab.train.faults)
+        self.fault_guard = None  # NonFiniteGuard: rolls back after a NaN / Inf (set by the run's checkpointer)
+        self.events = None  # EventLog of the run folder
         for cb in self.callbacks:
             cb.set_trainer(self)
 
@@ -139,22 +144,20 @@ class Trainer:
             return loss, logits
         return self.loss_fn(output, target), output
 
-    def train_step(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def train_step(self, xb: torch.Tensor, yb: torch.Tensor,
+                   check_step: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One update. With `check_step`, a NaN / Inf loss or gradient raises NonFiniteLoss before the update."""
         x = self.preprocess(xb)
         target: torch.Tensor = yb
         if self.augment is not None:
             x, target = self.augment(x, yb)
-        with self.autocast():
-            out = self.model(x)
-            loss, logits = self.compute_loss(out, target)
         self.optimizer.zero_grad(set_to_none=True)
+        loss, logits = forward_backward(self, x, target)  # splits the batch on CUDA out-of-memory
         if self.scaler is not None:
-            self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)
-        else:
-            loss.backward()
-        if self.grad_clip:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip) if self.grad_clip else None
+        if check_step is not None:
+            raise_if_nonfinite(self, loss, grad_norm, check_step)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -163,14 +166,6 @@ class Trainer:
         if self.scheduler is not None:
             self.scheduler.step()
         return loss.detach(), logits.detach(), yb
-
-    def check_finite(self, loss: torch.Tensor, step: int) -> None:
-        if not torch.isfinite(loss):
-            lr = self.optimizer.param_groups[0]["lr"]
-            raise CnnlabError(
-                f"the loss became {float(loss)} at epoch {self.epoch + 1}, step {step + 1} (learning rate {lr:.3g}): "
-                "lower --lr, check the data for bad values, or use --precision fp32"
-            )
 
     # -- fit / evaluate / predict ----------------------------------------------------------------------------
     def fit(self, train: TensorBatches, val: TensorBatches | None, epochs: int, start_epoch: int = 0,
@@ -207,23 +202,36 @@ class Trainer:
         self.model.train()
         acc = self._train_metrics
         acc.reset()
+        if start_step and self.resume_metrics is not None:  # the first part of this epoch ran before a resume
+            acc.load_state_dict(self.resume_metrics)
+        self.resume_metrics = None
         t0 = time.perf_counter()
-        check_every = 1 if self.device.type == "cpu" else 50  # avoid a host sync per step on GPUs
-        for step, (xb, yb) in enumerate(train.batches(epoch, start_step), start=start_step):
-            loss, logits, target = self.train_step(xb, yb)
-            if step % check_every == 0:
-                self.check_finite(loss, step)
-            acc.update(logits, target, loss)
-            self.global_step += 1
-            for cb in self.callbacks:
-                cb.on_train_batch_end(step, {})
+        while True:
+            try:
+                self._train_steps(train, epoch, start_step)
+                break
+            except NonFiniteLoss as e:
+                if self.fault_guard is None:
+                    raise
+                start_step = self.fault_guard.rollback(e)  # last good state of this epoch, lower lr
         logs = acc.compute()
-        if not math.isfinite(logs.get("loss", 0.0)):  # caught here on GPUs, where steps are checked sparsely
-            self.check_finite(torch.tensor(logs["loss"]), len(train) - 1)
         logs["epoch"] = epoch + 1
         logs["lr"] = self.optimizer.param_groups[0]["lr"]
         logs["time"] = time.perf_counter() - t0
         return logs
+
+    def _train_steps(self, train: TensorBatches, epoch: int, start_step: int) -> None:
+        acc = self._train_metrics
+        check_every = 1 if self.device.type == "cpu" else 50  # avoid a host sync per step on GPUs
+        for step, (xb, yb) in enumerate(train.batches(epoch, start_step), start=start_step):
+            loss, logits, target = self.train_step(xb, yb, step if step % check_every == 0 else None)
+            acc.update(logits, target, loss)
+            self.global_step += 1
+            for cb in self.callbacks:
+                cb.on_train_batch_end(step, {})
+        if acc.count and not math.isfinite(float(acc.loss_sum)):  # GPUs check steps sparsely: catch it here
+            raise NonFiniteLoss("loss", float(acc.loss_sum) / acc.count, epoch, len(train) - 1,
+                                self.optimizer.param_groups[0]["lr"])
 
     @torch.no_grad()
     def evaluate(self, data: TensorBatches, prefix: str = "val_") -> tuple[dict[str, float], list[list[int]]]:

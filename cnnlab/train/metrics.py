@@ -28,6 +28,16 @@ class MetricAccumulator:
         self.abs_err = torch.zeros((), dtype=torch.float64, device=self.device)
         self.count = 0
 
+    def state_dict(self) -> dict:
+        """The running sums (copies), so a resumed epoch reports the same train metrics."""
+        names = ("loss_sum", "confusion", "topk_hits", "sq_err", "abs_err")
+        return {"count": self.count, **{k: getattr(self, k).detach().cpu().clone() for k in names}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.count = int(state["count"])
+        for k in ("loss_sum", "confusion", "topk_hits", "sq_err", "abs_err"):
+            setattr(self, k, state[k].to(self.device).clone())
+
     @torch.no_grad()
     def update(self, logits: torch.Tensor, target: torch.Tensor, loss: torch.Tensor,
                pred: torch.Tensor | None = None) -> None:

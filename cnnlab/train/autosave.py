@@ -1,0 +1,156 @@
+"""Crash-safe checkpoints of a run: every epoch, every N steps when asked, and on Ctrl-C.
+
+RunCheckpointer is the last callback of a run. It writes `last_state.pt` (the full, self-contained training
+state, cnnlab.train.state) and `last.safetensors` (the weights, for evaluate / predict), both atomically, so a
+crash, SIGKILL or full disk leaves the previous pair intact. It keeps an in-memory copy of the last good state
+for NaN rollbacks (cnnlab.train.faults). The first Ctrl-C asks the loop to stop after the current step, save and
+raise TrainingInterrupted (exit 130 in the CLI); a second Ctrl-C aborts at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import shlex
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cnnlab.errors import CnnlabError
+from cnnlab.train.callbacks import Callback, TensorBoard
+from cnnlab.train.checkpoint import save_state, save_weights
+from cnnlab.train.faults import EventLog, NonFiniteGuard
+from cnnlab.train.state import capture_state, restore_state
+
+if TYPE_CHECKING:
+    from cnnlab.train.loop import Trainer
+
+STATE_FILE = "last_state.pt"
+WEIGHTS_FILE = "last.safetensors"
+EVENTS_FILE = "events.jsonl"
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on Ctrl-C at a step boundary, after saving; the message says how to resume."""
+
+
+def resume_command(run_dir: str | Path) -> str:
+    return f"cnnlab train --resume {shlex.quote(str(run_dir))}"
+
+
+class RunCheckpointer(Callback):
+    """Saves the run's `last` checkpoint at epoch ends, every `every_steps` steps, and on Ctrl-C."""
+
+    def __init__(self, run_dir: str | Path, every_steps: int | None = None, events: EventLog | None = None) -> None:
+        if every_steps is not None and every_steps < 1:
+            raise CnnlabError(f"--checkpoint-every must be a positive number of steps, got {every_steps}")
+        self.run_dir = Path(run_dir)
+        self.every_steps = every_steps
+        self.events = events or EventLog(self.run_dir / EVENTS_FILE)
+        self.guard: NonFiniteGuard | None = None
+        self.snapshot: dict[str, Any] | None = None  # the last good state, in memory (deep copy)
+        self.saved_at: tuple[int, int] | None = None  # (epoch, step) of the checkpoint on disk
+        self.interrupt_requested = False
+
+    # -- state ---------------------------------------------------------------------------------------------
+    def _extra(self) -> dict[str, Any]:
+        return {"faults": self.guard.state_dict() if self.guard is not None else {}}
+
+    def start(self, state: dict[str, Any] | None = None, epochs: int = 0) -> tuple[int, int]:
+        """Restore a loaded state (resume) or take the initial snapshot; returns (epoch, step) to start at
+        (`epochs`, the run's total, when the saved run had already stopped, e.g. early)."""
+        if state is None:
+            self.snapshot = copy.deepcopy(capture_state(self.trainer, 0, 0, self._extra()))
+            return 0, 0
+        self.snapshot = copy.deepcopy(state)  # before restoring: the optimizer keeps references into `state`
+        if self.guard is not None:
+            self.guard.load_state_dict(state.get("faults", {}))
+        position = restore_state(self.trainer, state)
+        self.saved_at = position
+        for cb in self.trainer.callbacks:  # epochs after the checkpoint are logged again: drop the old events
+            if isinstance(cb, TensorBoard):
+                cb.purge_step = len(state["history"]) + 1
+        if state.get("stop_training"):
+            return max(position[0], epochs), 0
+        return position
+
+    def save(self, epoch: int, step: int) -> None:
+        """Write the state at (epoch, step) and the weights; keep a copy in memory for rollbacks."""
+        state = capture_state(self.trainer, epoch, step, self._extra())
+        try:
+            save_state(state, self.run_dir / STATE_FILE)
+            save_weights(self.trainer.model, self.run_dir / WEIGHTS_FILE)
+        except CnnlabError as e:
+            self.events.write("save_failed", epoch=epoch + 1, step=step, error=str(e))
+            raise CnnlabError(f"{e}; {self.kept()}") from None
+        self.snapshot = copy.deepcopy(state)
+        self.saved_at = (epoch, step)
+
+    def kept(self) -> str:
+        if self.saved_at is None:
+            return f"no checkpoint was saved yet; {resume_command(self.run_dir)} starts the run again"
+        epoch, step = self.saved_at
+        where = f"end of epoch {epoch}" if step == 0 else f"epoch {epoch + 1}, step {step}"
+        return f"the last checkpoint ({where}) is kept; resume with: {resume_command(self.run_dir)}"
+
+    # -- hooks ---------------------------------------------------------------------------------------------
+    def on_train_batch_end(self, step: int, logs: dict[str, Any]) -> None:
+        trainer: Trainer = self.trainer
+        position = (trainer.epoch, step + 1)
+        if self.every_steps and trainer.global_step % self.every_steps == 0:
+            self.save(*position)
+        if self.interrupt_requested:
+            if self.saved_at != position:
+                self.save(*position)
+            self.stop_interrupted()
+
+    def save_epoch(self, epoch: int) -> None:
+        """Trainer.fit's on_epoch_saved: the `last` checkpoint at the end of every epoch."""
+        self.save(epoch + 1, 0)
+        trainer = self.trainer
+        if self.interrupt_requested and epoch + 1 < trainer.epochs and not trainer.stop_training:
+            self.stop_interrupted()
+
+    def stop_interrupted(self) -> None:
+        epoch, step = self.saved_at
+        self.events.write("interrupted", epoch=epoch + 1, step=step)
+        raise TrainingInterrupted(f"interrupted; resume with: {resume_command(self.run_dir)} "
+                                  f"(saved at epoch {epoch + 1}, step {step})")
+
+    # -- the protected region --------------------------------------------------------------------------------
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self.interrupt_requested:
+            raise TrainingInterrupted(f"aborted; {self.kept()}")
+        self.interrupt_requested = True
+        print("\ncnnlab: Ctrl-C: stopping after this step and saving a checkpoint (Ctrl-C again aborts now)",
+              file=sys.stderr, flush=True)
+
+    @contextlib.contextmanager
+    def protect(self) -> Iterator[None]:
+        """Around Trainer.fit: Ctrl-C stops at a step boundary; a failing write to the run folder is one line."""
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, self._on_sigint) if main else None
+        try:
+            yield
+        except OSError as e:
+            raise CnnlabError(f"cannot write to the run folder {self.run_dir} ({e.strerror or e}); "
+                              f"{self.kept()}") from None
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+
+
+def attach_checkpointer(trainer: Trainer, run_dir: str | Path, every_steps: int | None = None,
+                        nan_policy: str = "rollback", nan_retries: int = 3,
+                        nan_lr_factor: float = 0.5) -> RunCheckpointer:
+    """Add the RunCheckpointer as the trainer's last callback and install the NaN guard and event log."""
+    checkpointer = RunCheckpointer(run_dir, every_steps)
+    checkpointer.guard = NonFiniteGuard(checkpointer, nan_policy, nan_retries, nan_lr_factor, checkpointer.events)
+    checkpointer.set_trainer(trainer)
+    trainer.callbacks.append(checkpointer)
+    trainer.fault_guard = checkpointer.guard
+    trainer.events = checkpointer.events
+    return checkpointer

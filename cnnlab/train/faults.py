@@ -1,0 +1,217 @@
+"""Numerical and memory faults inside a training step, and the run's event log.
+
+- A NaN / Inf loss or gradient is caught before optimizer.step (every step on the CPU, every 50 on GPUs, where
+  a check costs a host sync). Policy `rollback` (default): put back the last good state (kept in memory by the
+  RunCheckpointer), multiply the learning rate by `lr_factor`, and continue, at most `retries` times; then stop
+  with advice. Policy `stop`: stop with advice at once.
+- CUDA out-of-memory: the batch is split into 2, 4, ... parts whose gradients are accumulated (loss of each part
+  weighted by its share), so the effective batch and the update are those of the full batch.
+- Running out of CPU memory: a CnnlabError about the memory budget instead of a traceback.
+Every event is appended to events.jsonl in the run folder.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from cnnlab.errors import CnnlabError
+
+if TYPE_CHECKING:
+    from cnnlab.train.autosave import RunCheckpointer
+    from cnnlab.train.loop import Trainer
+
+NAN_POLICIES = ("rollback", "stop")
+
+
+class EventLog:
+    """Appends one JSON object per line to `<run>/events.jsonl` (faults, rollbacks, resumes, interrupts)."""
+
+    def __init__(self, path: str | Path | None) -> None:
+        self.path = Path(path) if path is not None else None
+
+    def write(self, event: str, **fields: Any) -> None:
+        if self.path is None:
+            return
+        record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "event": event, **fields}
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record, default=str) + "\n")
+        except OSError:
+            pass  # the log is a record, never a reason to lose the run
+
+    def read(self) -> list[dict[str, Any]]:
+        if self.path is None or not self.path.is_file():
+            return []
+        return [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+class NonFiniteLoss(CnnlabError):
+    """The loss or the gradients of a step are NaN or Inf (raised before the optimizer step)."""
+
+    def __init__(self, what: str, value: float, epoch: int, step: int, lr: float) -> None:
+        self.what, self.value, self.epoch, self.step, self.lr = what, value, epoch, step, lr
+        super().__init__(f"the {what} became {value} at epoch {epoch + 1}, step {step + 1} (learning rate "
+                         f"{lr:.3g}): {ADVICE}")
+
+
+ADVICE = ("the learning rate may be too high (lower --lr), the data may hold bad values (run cnnlab inspect), or "
+          "fp16 overflowed (use --precision bf16 or fp32)")
+
+
+def total_grad_norm(params: list[nn.Parameter]) -> torch.Tensor | None:
+    """The 2-norm of all gradients (one value; NaN / Inf when any gradient is)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return None
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).float())
+
+
+def raise_if_nonfinite(trainer: Trainer, loss: torch.Tensor, grad_norm: torch.Tensor | None, step: int) -> None:
+    """One host sync: raise NonFiniteLoss when the loss (or, without fp16 loss scaling, a gradient) is NaN/Inf."""
+    bad = ~torch.isfinite(loss.detach())
+    if trainer.scaler is None:  # with fp16 the GradScaler itself skips steps with overflowed gradients
+        if grad_norm is None:
+            grad_norm = total_grad_norm([p for p in trainer.model.parameters() if p.requires_grad])
+        if grad_norm is not None:
+            bad = bad | ~torch.isfinite(grad_norm)
+    if bool(bad):
+        lr = trainer.optimizer.param_groups[0]["lr"]
+        finite_loss = bool(torch.isfinite(loss.detach()))
+        what, value = ("gradient norm", float(grad_norm.detach())) if finite_loss else ("loss", float(loss.detach()))
+        raise NonFiniteLoss(what, value, trainer.epoch, step, lr)
+
+
+class NonFiniteGuard:
+    """Rolls a run back to its last good state after a NaN / Inf, with a lower learning rate, a bounded number
+    of times."""
+
+    def __init__(self, checkpointer: RunCheckpointer, policy: str = "rollback", retries: int = 3,
+                 lr_factor: float = 0.5, events: EventLog | None = None) -> None:
+        if policy not in NAN_POLICIES:
+            raise CnnlabError(f"unknown train.nan_policy '{policy}': use {' or '.join(NAN_POLICIES)}")
+        if not 0 < lr_factor < 1:
+            raise CnnlabError(f"train.nan_lr_factor must be between 0 and 1, got {lr_factor}")
+        self.checkpointer, self.policy, self.retries, self.lr_factor = checkpointer, policy, retries, lr_factor
+        self.events = events or EventLog(None)
+        self.count = 0  # events so far in this run (saved in checkpoints, survives a resume)
+        self.lr_scale = 1.0  # product of the reductions so far
+
+    def rollback(self, error: NonFiniteLoss) -> int:
+        """Restore the last good state of the current epoch and lower the learning rate; returns the step to
+        continue from. Raises CnnlabError with advice once the retries are used up."""
+        trainer = self.checkpointer.trainer
+        self.count += 1
+        snapshot = self.checkpointer.snapshot
+        fields = {"what": error.what, "value": error.value, "epoch": error.epoch + 1, "step": error.step + 1,
+                  "lr": error.lr, "count": self.count}
+        if self.policy == "stop" or self.count > self.retries or snapshot is None:
+            self.events.write("nonfinite_stop", **fields)
+            tried = f" after {self.count - 1} rollbacks with a lower learning rate" if self.count > 1 else ""
+            raise CnnlabError(f"the {error.what} became {error.value} at epoch {error.epoch + 1}, step "
+                              f"{error.step + 1}{tried}: {ADVICE}. Events are in {self.events.path}") from None
+        if int(snapshot["epoch"]) != error.epoch:
+            raise CnnlabError(f"internal: the last good state is from epoch {snapshot['epoch'] + 1}, not "
+                              f"{error.epoch + 1}") from None
+        _, step = _restore_copy(trainer, snapshot)
+        self.lr_scale *= self.lr_factor
+        old = trainer.base_lrs()[0]
+        new = trainer.scale_lr(self.lr_scale / snapshot.get("faults", {}).get("lr_scale", 1.0))
+        self.events.write("nonfinite_rollback", **fields, rollback_to={"epoch": error.epoch + 1, "step": step},
+                          lr_before=old, lr_after=new)
+        trainer.log(f"warning: the {error.what} became {error.value} at epoch {error.epoch + 1}, step "
+                    f"{error.step + 1}; rolled back to step {step} of the epoch, learning rate {old:.3g} -> "
+                    f"{new:.3g} (retry {self.count} of {self.retries})")
+        return step
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"count": self.count, "lr_scale": self.lr_scale}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.count, self.lr_scale = int(state.get("count", 0)), float(state.get("lr_scale", 1.0))
+
+
+def _restore_copy(trainer: Trainer, snapshot: dict[str, Any]) -> tuple[int, int]:
+    from cnnlab.train.state import restore_state
+
+    epoch, step = restore_state(trainer, copy.deepcopy(snapshot))
+    acc = trainer._train_metrics
+    acc.reset()
+    if step > 0 and trainer.resume_metrics is not None:
+        acc.load_state_dict(trainer.resume_metrics)
+    trainer.resume_metrics = None
+    return epoch, step
+
+
+# ------------------------------------------------------------------------------------------------------------
+# memory
+
+
+def _is_cpu_oom(error: BaseException) -> bool:
+    if isinstance(error, MemoryError):
+        return True
+    text = str(error).lower()
+    return "can't allocate memory" in text or "not enough memory" in text or "failed to allocate" in text
+
+
+def _forward_backward_parts(trainer: Trainer, x: torch.Tensor, target: torch.Tensor,
+                            parts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward and backward of one batch in `parts` chunks; gradients accumulate to those of the whole batch."""
+    if parts == 1:
+        with trainer.autocast():
+            loss, logits = trainer.compute_loss(trainer.model(x), target)
+        (trainer.scaler.scale(loss) if trainer.scaler is not None else loss).backward()
+        return loss, logits
+    n = x.shape[0]
+    size = math.ceil(n / parts)
+    losses, all_logits = [], []
+    for lo in range(0, n, size):
+        xc, tc = x[lo : lo + size], target[lo : lo + size]
+        with trainer.autocast():
+            loss, logits = trainer.compute_loss(trainer.model(xc), tc)
+        share = xc.shape[0] / n
+        (trainer.scaler.scale(loss * share) if trainer.scaler is not None else loss * share).backward()
+        losses.append(loss.detach().float() * share)
+        all_logits.append(logits.detach())
+    return torch.stack(losses).sum(), torch.cat(all_logits)
+
+
+def forward_backward(trainer: Trainer, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Loss and logits of the batch with gradients accumulated; on CUDA out-of-memory the batch is split."""
+    while True:
+        try:
+            return _forward_backward_parts(trainer, x, target, trainer.micro_batches)
+        except torch.cuda.OutOfMemoryError:
+            pass  # leave the except block first so the failed attempt's tensors are freed
+        except (RuntimeError, MemoryError) as e:
+            if _is_cpu_oom(e):
+                raise CnnlabError(
+                    f"out of memory in a training step at batch size {x.shape[0]} "
+                    f"({tuple(x.shape[1:])} images): lower --batch-size or --image-size, use a smaller model, "
+                    "or lower --set data.memory_budget_mb so less data is held in memory") from None
+            raise
+        trainer.optimizer.zero_grad(set_to_none=True)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        split_batch(trainer, x.shape[0])
+
+
+def split_batch(trainer: Trainer, batch: int) -> None:
+    """Double the number of parts each batch is split into, or stop when a part would be under one image."""
+    parts = trainer.micro_batches * 2
+    if parts > batch:
+        raise CnnlabError(f"out of GPU memory even with one image per forward pass (batch {batch}): use a smaller "
+                          "--image-size or model, or --precision bf16")
+    trainer.micro_batches = parts
+    events = getattr(trainer, "events", None)
+    if events is not None:
+        events.write("oom_split", batch=batch, parts=parts)
+    trainer.log(f"warning: CUDA out of memory at batch size {batch}: splitting each batch into {parts} parts of "
+                f"{math.ceil(batch / parts)} (gradient accumulation keeps the effective batch of {batch})")
