@@ -51,10 +51,18 @@ from cnnlab.prepare import (
 )
 from cnnlab.train.autosave import attach_checkpointer
 from cnnlab.train.callbacks import Callback
-from cnnlab.train.checkpoint import load_weights_file
+from cnnlab.train.checkpoint import load_weights_file, save_weights
 from cnnlab.train.loop import Trainer, resolve_device, resolve_precision
 from cnnlab.train.metrics import per_class_report
 from cnnlab.train.optim import create_optimizer, create_scheduler, resolve_epochs
+from cnnlab.transfer import (
+    fit_logreg,
+    is_transfer,
+    make_head_trainer,
+    setup_transfer,
+    validate_transfer,
+    write_transfer_record,
+)
 
 # Short keyword names accepted by fit(...) and the CLI, mapped to config fields.
 SHORT_NAMES = {
@@ -70,6 +78,8 @@ SHORT_NAMES = {
     "early_stopping": "callbacks.early_stopping", "reduce_lr": "callbacks.reduce_lr", "target": "callbacks.target",
     "tensorboard": "callbacks.tensorboard", "balance": "balance.methods", "out": "out", "verbose": "verbose",
     "checkpoint_every": "train.checkpoint_every_steps",
+    "strategy": "transfer.strategy", "unfreeze": "transfer.unfreeze", "head": "transfer.head",
+    "skip_head": "model.skip_head", "allow_partial": "model.allow_partial",
 }
 
 
@@ -178,13 +188,14 @@ class Run:
 
 def _make_trainer(cfg: Config, model: nn.Module, num_classes: int, device: torch.device, precision: str,
                   callbacks: list[Callback], console: Console, whitening: dict | None = None,
-                  augment=None) -> Trainer:
+                  augment=None, params: list | None = None) -> Trainer:
     channels_last = has_conv(model)
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    optimizer = create_optimizer(cfg.train.optimizer, [p for p in model.parameters() if p.requires_grad],
-                                 cfg.train.lr, cfg.train.momentum, cfg.train.nesterov, cfg.train.weight_decay)
+    params = params if params is not None else [p for p in model.parameters() if p.requires_grad]
+    optimizer = create_optimizer(cfg.train.optimizer, params, cfg.train.lr, cfg.train.momentum, cfg.train.nesterov,
+                                 cfg.train.weight_decay)
     return Trainer(model, build_loss(cfg, num_classes).to(device), optimizer, num_classes=num_classes,
                    preprocess=build_normalize(cfg, device, channels_last, whitening), augment=augment,
                    device=device, precision=precision,
@@ -214,6 +225,7 @@ def fit(data: str | None = None, *, config: str | Path | Config | dict | None = 
 
         return resume_run(resume, callbacks=callbacks, **kwargs)
     cfg = build_config(data, config, overrides, **kwargs)
+    validate_transfer(cfg)  # before any decoding: a wrong strategy / head fails at once
     console = Console(highlight=False, quiet=cfg.verbose == 0)
     device = resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, device)
@@ -244,12 +256,26 @@ def _fit_in(cfg: Config, run_dir: Path, device: torch.device, precision: str, co
         train_split = DecodedSplit(x, y, [])
     train_y = train_split.y
     seed_everything(cfg.train.seed)
-    model = build_model(cfg, len(classes))
+    model = build_model(cfg, len(classes), log)
+    tplan = None
+    if is_transfer(cfg):  # pretrained weights: freeze / group LRs, or train a head on cached bottleneck features
+        tplan = setup_transfer(cfg, model, dataclasses.replace(prepared, splits={**prepared.splits,
+                                                                                   "train": train_split}),
+                               device, precision, log)
+    features = tplan.feature_data if tplan is not None else None
+    if features is not None:
+        train_split, val_split = features.splits["train"], features.splits.get("val")
+        train_y = train_split.y
     resuming = resume_state is not None
     callbacks = build_callbacks(cfg, run_dir, val_split is not None, resume=resuming) + extra_callbacks
-    augmenter = build_augmenter(cfg.augment, cfg.train.seed, len(classes))
-    trainer = _make_trainer(cfg, model, len(classes), device, precision, callbacks, console, prepared.whitening,
-                            augmenter.mix if augmenter is not None and augmenter.mixes else None)
+    augmenter = build_augmenter(cfg.augment, cfg.train.seed, len(classes)) if features is None else None
+    if features is not None:  # only the head trains, on features in memory
+        trainer = make_head_trainer(cfg, model, len(classes), device, callbacks, console)
+    else:
+        trainer = _make_trainer(cfg, model, len(classes), device, precision,
+                                callbacks + (tplan.callbacks if tplan else []), console, prepared.whitening,
+                                augmenter.mix if augmenter is not None and augmenter.mixes else None,
+                                tplan.param_groups if tplan else None)
     trainer.headline_metrics = balance.headline_metrics(plan, len(classes), val_split is not None)
     sampler = (balance.create_sampler(plan.sampler, train_y, len(classes), cfg.balance.epoch_samples)
                if plan.sampler else None)
@@ -275,17 +301,30 @@ def _fit_in(cfg: Config, run_dir: Path, device: torch.device, precision: str, co
         + ", ".join(f"{k} {v}" for k, v in counts.items()) + f") on {device} ({precision}); run folder {run_dir}")
 
     t = cfg.train
-    checkpointer = attach_checkpointer(trainer, run_dir, t.checkpoint_every_steps, t.nan_policy, t.nan_retries,
-                                       t.nan_lr_factor)
-    start_epoch, start_step = checkpointer.start(resume_state, cfg.train.epochs)
     t0 = time.perf_counter()
-    with checkpointer.protect():  # Ctrl-C saves and stops; a full disk is one clear line
-        trainer.fit(train, val, cfg.train.epochs, start_epoch, start_step, on_epoch_saved=checkpointer.save_epoch)
+    if features is not None:  # head epochs take milliseconds: no checkpointer, no fsynced full model per epoch
+        if cfg.transfer.head == "logreg":
+            fit_logreg(trainer, train, val, run_dir / "best.safetensors")
+        else:
+            trainer.fit(train, val, cfg.train.epochs)
+        save_weights(model, run_dir / "last.safetensors")
+    else:
+        checkpointer = attach_checkpointer(trainer, run_dir, t.checkpoint_every_steps, t.nan_policy, t.nan_retries,
+                                           t.nan_lr_factor)
+        start_epoch, start_step = checkpointer.start(resume_state, cfg.train.epochs)
+        with checkpointer.protect():  # Ctrl-C saves and stops; a full disk is one clear line
+            trainer.fit(train, val, cfg.train.epochs, start_epoch, start_step,
+                        on_epoch_saved=checkpointer.save_epoch)
     wall = time.perf_counter() - t0
     run = Run(run_dir, cfg, classes, model, trainer, trainer.history, meta=meta)
-    run.metrics = _final_metrics(run, prepared, val is not None, wall)
+    run.metrics = _final_metrics(run, features or prepared, val is not None, wall)
     run.metrics["balance"] = plan.record()
     (run_dir / "metrics.json").write_text(json.dumps(run.metrics, indent=2), encoding="utf-8")
+    if tplan is not None:
+        write_transfer_record(run_dir, tplan, run.metrics)
+        if features is not None:  # the returned Run predicts from images with the full model
+            run.trainer = _make_trainer(cfg, model, len(classes), device, precision, [], console,
+                                        prepared.whitening)
     _print_final(run, log)
     return run
 

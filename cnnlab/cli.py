@@ -37,6 +37,15 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="model option, e.g. --model-arg dropout=0.3 (repeatable)")
     g.add_argument("--weights", help="start from a local checkpoint (.safetensors, .pth, .pt, .th, .tar)")
     g.add_argument("--pretrained", action="store_true", default=None, help="download pretrained weights (timm)")
+    g.add_argument("--skip-head", action="store_true", default=None, help="load --weights without its classifier "
+                   "(automatic with a transfer --strategy)")
+    g.add_argument("--allow-partial", action="store_true", default=None, help="load only the tensors of --weights "
+                   "that fit the model and report the rest")
+    g = p.add_argument_group("transfer learning")
+    g.add_argument("--strategy", help="none, feature-extract (train a new head on cached bottleneck features), "
+                   "fine-tune (also the last --unfreeze blocks), full, auto (decide from the data)")
+    g.add_argument("--unfreeze", type=int, metavar="N", help="fine-tune: blocks trained besides the head (default 4)")
+    g.add_argument("--head", help="linear, mlp, or logreg (scikit-learn, with feature-extract)")
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=int)
     g.add_argument("--batch-size", help="mini-batch size; 'full' for batch gradient descent, 1 for stochastic")
@@ -75,7 +84,7 @@ _TRAIN_KEYS = ("val_split", "image_size", "channels", "images", "id_col", "label
                "weights", "pretrained", "epochs", "batch_size", "lr", "optimizer", "momentum", "nesterov",
                "weight_decay", "schedule", "warmup_epochs", "loss", "label_smoothing", "balance", "seed", "device",
                "precision", "monitor", "early_stopping", "reduce_lr", "target", "tensorboard", "out", "quiet",
-               "checkpoint_every")
+               "checkpoint_every", "skip_head", "allow_partial", "strategy", "unfreeze", "head")
 
 
 def _model_kwargs(items: list[str]) -> dict[str, Any]:

@@ -32,7 +32,8 @@ class DataConfig:
     skip_missing: bool = False  # CSV ids without an image: skip them instead of stopping
     memory_budget_mb: int = 4096  # decoded uint8 images up to this size are held in memory; larger ones stream
     val_source: str = "split"  # split: held-out val (or the data's val folder); test: validate on the test split
-    normalize: str = "standardize"  # standardize (train mean/std) | scale ([0,1]) | model (the model's mean/std)
+    normalize: str = "auto"  # auto: model for transfer strategies, else standardize
+    # | standardize (train mean/std) | scale ([0,1]) | model (the model's mean/std)
     # | zero_center (minus the train per-channel mean, VGG) | per_image (minus each image's own mean, AlexNet)
     # | zca | pca (whitening fitted on train, stored in the run folder as preprocess.safetensors)
     mean: list[float] | None = None  # resolved per channel, in [0,1] units
@@ -69,6 +70,8 @@ class ModelConfig:
     kwargs: dict[str, Any] = field(default_factory=dict)
     weights: str | None = None  # a local checkpoint to start from
     pretrained: bool = False  # timm/torchvision pretrained weights (downloads; online users)
+    skip_head: bool | None = None  # keep a new classifier when loading weights; None: yes for transfer strategies
+    allow_partial: bool = False  # load only the tensors of `weights` that fit, report the rest
 
 
 @dataclass
@@ -129,6 +132,22 @@ class BalanceConfig:
 
 
 @dataclass
+class TransferConfig:
+    """Transfer learning from `model.weights` / `model.pretrained` (cnnlab.transfer)."""
+
+    strategy: str = "none"  # none | feature-extract | fine-tune | full | auto
+    unfreeze: int = 4  # fine-tune: blocks (from group_matcher) trained besides the head
+    head: str = "linear"  # linear | mlp | logreg (scikit-learn, feature-extract only)
+    head_hidden: int = 256  # mlp head width
+    head_dropout: float = 0.2  # dropout before each mlp layer
+    lr_decay: float = 0.7  # discriminative LRs: lr * lr_decay ** (groups between a block and the head)
+    gradual: bool = False  # unfreeze one more group per epoch, head first
+    freeze_bn: str = "auto"  # auto (frozen groups; all when batch < 16) | true (all) | false (only frozen groups)
+    views: int = 1  # feature-extract: 1 = the eval transform; K > 1 adds K-1 flipped/shifted views per image
+    cache: bool = True  # feature-extract: cache bottleneck features on disk (CNNLAB_CACHE_DIR)
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -136,6 +155,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
     balance: BalanceConfig = field(default_factory=BalanceConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
     out: str | None = None
     verbose: int = 1  # as Keras: 0 silent, 1 progress bar and epoch lines, 2 epoch lines only (--quiet)
 

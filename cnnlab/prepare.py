@@ -95,6 +95,8 @@ def prepare_data(cfg: Config, log=print) -> PreparedData:
 def fit_statistics(cfg: Config, train) -> dict[str, torch.Tensor] | None:
     """Resolve data.mean / data.std from the training split; fit and return a whitening map if asked for."""
     d = cfg.data
+    if d.normalize == "auto":  # a pretrained model expects the statistics it was trained with
+        d.normalize = "model" if cfg.transfer.strategy != "none" else "standardize"
     if d.normalize not in NORMALIZE_MODES:
         raise CnnlabError(f"unknown data.normalize '{d.normalize}': use {', '.join(NORMALIZE_MODES)}")
     needs_sample = d.normalize in WHITEN_MODES or (d.normalize in ("standardize", "zero_center") and
@@ -113,13 +115,19 @@ def fit_statistics(cfg: Config, train) -> dict[str, torch.Tensor] | None:
     return None
 
 
-def build_model(cfg: Config, num_classes: int) -> nn.Module:
-    """create_model from cfg.model, plus --weights; resolves model-mean/std normalisation into cfg."""
+def build_model(cfg: Config, num_classes: int, log=None) -> nn.Module:
+    """create_model from cfg.model, plus --weights and a transfer head; resolves model-mean/std normalisation."""
+    from cnnlab.transfer import apply_head, is_transfer
+
     d = cfg.data
     model = create_model(cfg.model.name, num_classes, in_chans=d.channels, input_size=(d.image_size, d.image_size),
                          pretrained=cfg.model.pretrained, **cfg.model.kwargs)
     if cfg.model.weights:
-        load_initial_weights(model, cfg.model.weights)
+        skip = cfg.model.skip_head if cfg.model.skip_head is not None else is_transfer(cfg)
+        report = load_initial_weights(model, cfg.model.weights, skip_head=skip, allow_partial=cfg.model.allow_partial)
+        if log is not None and report is not None:
+            log(str(report))
+    apply_head(model, cfg, num_classes)
     if d.normalize == "model" and (d.mean is None or d.std is None):
         mcfg = getattr(model, "default_cfg", {}) or {}
         mean, std = mcfg.get("mean", (0.485, 0.456, 0.406)), mcfg.get("std", (0.229, 0.224, 0.225))
@@ -128,7 +136,8 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
     return model
 
 
-def load_initial_weights(model: nn.Module, path: str) -> None:
+def load_initial_weights(model: nn.Module, path: str, skip_head: bool = False, allow_partial: bool = False):
+    """Load a checkpoint (strict unless allow_partial); skip_head keeps the model's new classifier."""
     if not Path(path).is_file():
         raise CnnlabError(f"weights file not found: {path}")
     try:
@@ -137,8 +146,8 @@ def load_initial_weights(model: nn.Module, path: str) -> None:
         from cnnlab.train.checkpoint import load_weights_file
 
         model.load_state_dict(load_weights_file(path))
-        return
-    load_weights(model, path)
+        return None
+    return load_weights(model, path, allow_partial=allow_partial, skip_head=skip_head)
 
 
 def build_loss(cfg: Config, num_classes: int) -> nn.Module:
