@@ -534,6 +534,8 @@ def setup_transfer(cfg: Config, model: nn.Module, prepared: Any, device: torch.d
         for line in reasons:
             log(f"strategy auto: {line}")
         log(f"strategy auto: chose {strategy}")
+    if cfg.model.skip_head is not False:
+        _zero_last_linear(model.get_classifier())  # a new head starts from "no opinion": loss log(C)
     if strategy == "feature-extract":
         set_trainable(model, classifier_param_names(model))
         plan = TransferPlan(strategy, record={"layer_groups": None, "trainable_groups": 1})
@@ -553,6 +555,14 @@ def setup_transfer(cfg: Config, model: nn.Module, prepared: Any, device: torch.d
     if auto is not None:
         plan.record["auto"] = auto
     return plan
+
+
+def _zero_last_linear(head: nn.Module) -> None:
+    last = [m for m in head.modules() if isinstance(m, nn.Linear)]
+    if last:
+        with torch.no_grad():
+            last[-1].weight.zero_()
+            last[-1].bias.zero_()
 
 
 def write_transfer_record(run_dir: Path, plan: TransferPlan, metrics: dict[str, Any]) -> None:

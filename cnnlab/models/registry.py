@@ -7,6 +7,7 @@ timm.create_model; names ending in .yaml/.yml/.txt go to the layer-spec builder 
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 from typing import Any
 
@@ -36,8 +37,12 @@ def _create_timm_model(name: str, num_classes: int, in_chans: int, pretrained: b
         close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
         hint = f" Did you mean {', '.join('timm:' + c for c in close)}?" if close else ""
         raise CnnlabError(f"timm has no model '{name}'.{hint} List them with: cnnlab models --timm '*{name[:4]}*'")
+    from cnnlab.models.weights_hint import offline_unless_reachable
+
     try:
-        model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, **kwargs)
+        with offline_unless_reachable() if pretrained else contextlib.nullcontext():
+            model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans,
+                                      **kwargs)
     except (OSError, RuntimeError) as e:  # no internet, no cached file
         if pretrained:
             from cnnlab.models.weights_hint import offline_weights_message
