@@ -3,7 +3,7 @@
 Owns the three regimes of `--strategy`:
 - `feature-extract`: the pretrained backbone is frozen (eval mode); its pooled pre-logits ("bottleneck")
   features are computed once per (backbone weights, model, data, geometry, normalisation, views, precision),
-  cached on disk (`$CNNLAB_CACHE_DIR`, default ~/.cache/cnnlab/features) and only the new head is trained on
+  cached on disk (`$CNNLAB_CACHE_DIR/features`, default ~/.cache/cnnlab/features) and only the new head is trained on
   them: a linear layer, a small MLP with dropout, or scikit-learn's logistic regression (`--head logreg`).
   The run folder still holds the FULL model (backbone + trained head) in best.safetensors.
 - `fine-tune` (the last `unfreeze` blocks and the head) and `full` (every group): one optimizer parameter group
@@ -234,7 +234,8 @@ def augmented_view(x: torch.Tensor, view: int, seed: int) -> torch.Tensor:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "cnnlab" / "features")
+    """$CNNLAB_CACHE_DIR/features (default ~/.cache/cnnlab/features), beside the decoded-image cache."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "cnnlab") / "features"
 
 
 def _hash_tensor(h: Any, t: torch.Tensor) -> None:

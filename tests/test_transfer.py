@@ -47,9 +47,8 @@ def small_cats(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch) -> Path:
-    path = tmp_path / "cache"
-    monkeypatch.setenv(transfer.CACHE_ENV, str(path))
-    return path
+    monkeypatch.setenv(transfer.CACHE_ENV, str(tmp_path / "cache"))
+    return tmp_path / "cache" / "features"
 
 
 def _fit(data: Path, weights: Path, out: Path, **kw):
