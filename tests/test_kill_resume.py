@@ -25,11 +25,12 @@ ROOT = Path(__file__).resolve().parents[1]
 # 640 train images / batch 16 = 40 steps per epoch, 120 in all; a checkpoint every 4 steps.
 TRAIN_ARGS = ["--model", "seed_cnn", "--epochs", "3", "--batch-size", "16", "--checkpoint-every", "4", "--seed", "3",
               "--precision", "fp32", "--no-tensorboard", "--quiet"]
-KILL_POINTS = {"early_epoch1": 6, "after_epoch1_boundary": 40, "late_epoch3": 100}  # global step reached
+KILL_POINTS = {"early_epoch1": 6, "after_epoch1_boundary": 40, "late_epoch3": 92}  # global step reached
 STEPS = 120
 
 
-def make_tiny_npz(path: Path, n: int = 800, size: int = 16, classes: int = 4, seed: int = 0) -> Path:
+# 28 px images make a step slow enough (a few ms) that the poller sees each checkpoint before the run ends.
+def make_tiny_npz(path: Path, n: int = 800, size: int = 28, classes: int = 4, seed: int = 0) -> Path:
     """Learnable 4-class images: a bright band whose position is the class, on noise."""
     rng = np.random.default_rng(seed)
     y = rng.integers(0, classes, n)
