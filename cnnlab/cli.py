@@ -138,7 +138,7 @@ def _print_eval(result: dict[str, Any], class_names: list[str]) -> None:
     keys = [k for k in ("loss", "accuracy", "balanced_accuracy", "precision", "recall", "f1") if k in result]
     keys += [k for k in result if k.startswith("top") or k in ("roc_auc", "pr_auc", "decision_threshold", "mse", "mae")]
     console.print(f"{result['data']} [{result['split']}], {result['count']} images: "
-                  + "  ".join(f"{k} {result[k]:.4f}" for k in keys), soft_wrap=True)
+                  + "  ".join(f"{k} {result[k]:.4f}" for k in keys), soft_wrap=True, markup=False)
     per = Table(title="per class")
     for col in ("class", "precision", "recall", "f1", "support"):
         per.add_column(col, justify="left" if col == "class" else "right")
