@@ -184,11 +184,3 @@ def decode_split(src: DataSource, split: Split, geom: ImageGeometry, policy: str
     x = np.stack([results[i] for i in keep])
     return DecodedSplit(torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(),
                         torch.from_numpy(split.labels[keep]), [split.ids[i] for i in keep], skipped)
-
-
-def channel_stats(x: torch.Tensor, max_images: int = 20_000) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std in [0, 1] units over (up to) `max_images` of a uint8 (N, C, H, W) tensor."""
-    sample = x[:: max(1, len(x) // max_images)].float().div_(255)
-    mean = sample.mean(dim=(0, 2, 3))
-    std = sample.std(dim=(0, 2, 3)).clamp_min(1e-3)
-    return [round(v, 6) for v in mean.tolist()], [round(v, 6) for v in std.tolist()]
