@@ -87,8 +87,7 @@ def build_config(data: str | None = None, config: str | Path | Config | dict | N
                  overrides: list[str] | None = None, **kwargs: Any) -> Config:
     """Defaults < config (file, dict or Config) < keyword arguments < dotted overrides."""
     if isinstance(config, Config):
-        cfg = dataclasses.replace(config)
-        cfg = config_from_dict(config.to_dict())
+        cfg = config_from_dict(config.to_dict())  # a copy: the caller's Config is not changed
     elif isinstance(config, dict):
         cfg = config_from_dict(config)
     elif config is not None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,6 +83,15 @@ def _private_cache_dir(tmp_path_factory):
         del os.environ["CNNLAB_CACHE_DIR"]
     else:
         yield
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module: tiny tensors run fastest so, and nothing spins on a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture

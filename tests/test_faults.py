@@ -22,12 +22,7 @@ from cnnlab.train.state import check_state
 STEPS_PER_EPOCH = 10  # 160 train images / batch 16
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: small tensors run fastest on one thread
 
 
 @pytest.fixture(scope="module")

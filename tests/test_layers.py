@@ -26,13 +26,7 @@ from cnnlab.models.layers import (
 X = torch.linspace(-3, 3, 61)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors run fastest on one thread (and avoid thread contention on a busy 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: small tensors run fastest on one thread
 
 
 @pytest.mark.parametrize(

@@ -18,13 +18,7 @@ from cnnlab.resume import remove_stale_temporaries
 from cnnlab.train.autosave import RunCheckpointer, TrainingInterrupted
 from cnnlab.train.callbacks import Callback
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: small tensors run fastest on one thread
 
 
 @pytest.fixture(scope="module")

@@ -12,14 +12,7 @@ from cnnlab.models.layers import Maxout
 from cnnlab.models.spec import build_from_spec, register_spec_file
 from cnnlab.models.summary import summarize
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors run fastest on one thread (and avoid thread contention on a busy 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: small tensors run fastest on one thread
 
 
 SEED = """

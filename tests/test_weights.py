@@ -18,13 +18,7 @@ from cnnlab.models.weights import load_weights, read_state_dict
 WEIGHTS = ("weights",)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors run fastest on one thread (and avoid thread contention on a busy 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: small tensors run fastest on one thread
 
 
 def test_resnet20_checkpoint_loads_strictly_and_scores_80_percent_on_cifar10():

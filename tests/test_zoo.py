@@ -16,13 +16,7 @@ from cnnlab.models.summary import summarize
 TINY = (3, 16, 16)  # every zoo model takes 16x16 (ImageNet-sized ones switch to their small-input variant)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny inputs run fastest on one thread (and avoid thread contention on a busy 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: small tensors run fastest on one thread
 
 
 def n_params(model: torch.nn.Module) -> int:
