@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import importlib.metadata
 import json
 import platform
 import re
@@ -54,7 +55,7 @@ from cnnlab.train.callbacks import Callback
 from cnnlab.train.checkpoint import load_weights_file, save_weights
 from cnnlab.train.loop import Trainer, resolve_device, resolve_precision
 from cnnlab.train.metrics import per_class_report
-from cnnlab.train.optim import create_optimizer, create_scheduler, resolve_epochs
+from cnnlab.train.optim import create_optimizer, create_scheduler, resolve_batch_size, resolve_epochs
 from cnnlab.transfer import (
     fit_logreg,
     is_transfer,
@@ -138,13 +139,18 @@ def create_run_dir(out: str | None, model_name: str) -> Path:
     return path
 
 
-def environment_info(device: torch.device, precision: str) -> dict[str, Any]:
-    import timm
-    import torchvision
+def _dist_version(name: str) -> str:
+    """An installed package's version from its metadata, without importing it (timm and torchvision take seconds)."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
 
+
+def environment_info(device: torch.device, precision: str) -> dict[str, Any]:
     return {
         "cnnlab": __version__, "python": platform.python_version(), "torch": str(torch.__version__),
-        "torchvision": str(torchvision.__version__), "timm": timm.__version__, "numpy": np.__version__,
+        "torchvision": _dist_version("torchvision"), "timm": _dist_version("timm"), "numpy": np.__version__,
         "platform": platform.platform(), "device": str(device), "precision": precision,
         "threads": torch.get_num_threads(), "command": " ".join(sys.argv),
         "started": datetime.now().isoformat(timespec="seconds"),
@@ -262,6 +268,8 @@ def _fit_in(cfg: Config, run_dir: Path, device: torch.device, precision: str, co
                                                                                    "train": train_split}),
                                device, precision, log)
     features = tplan.feature_data if tplan is not None else None
+    strategy = tplan.strategy if tplan is not None else None
+    cfg.train.batch_size = resolve_batch_size(cfg.train.batch_size, strategy)
     if features is not None:
         train_split, val_split = features.splits["train"], features.splits.get("val")
         train_y = train_split.y
@@ -285,7 +293,7 @@ def _fit_in(cfg: Config, run_dir: Path, device: torch.device, precision: str, co
         log(f"augmentation {describe_augment(cfg.augment)}")
     val = (make_batches(val_split, cfg.train.eval_batch_size, False, 0, device, workers)
            if val_split is not None else None)
-    cfg.train.epochs = resolve_epochs(cfg.train.epochs, len(train))
+    cfg.train.epochs = resolve_epochs(cfg.train.epochs, len(train), strategy)
     trainer.scheduler = create_scheduler(cfg.train.schedule, trainer.optimizer, cfg.train.epochs * len(train),
                                          len(train), cfg.train.warmup_epochs, step_size=cfg.train.step_size,
                                          gamma=cfg.train.gamma)

@@ -77,7 +77,7 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     epochs: int | str = "auto"  # a number, or auto: about AUTO_STEPS optimizer steps (3 to 30 epochs)
-    batch_size: int | str = 128  # an int, or "full" for batch gradient descent
+    batch_size: int | str = "auto"  # an int, "full" (batch gradient descent), or auto: 128; 32 when fine-tuning
     optimizer: str = "adam"
     lr: float | None = None  # None: the optimizer's default (adam 3e-3 peak with one-cycle; sgd 0.05)
     momentum: float = 0.9

@@ -484,8 +484,11 @@ def choose_strategy(per_class: list[int], probe: dict[str, Any], unfreeze: int) 
                                 "blocks and a new head"]
 
 
-def _batch_size(cfg: Config, n: int) -> int:
-    return n if cfg.train.batch_size == "full" else int(cfg.train.batch_size)
+def _batch_size(cfg: Config, n: int, strategy: str) -> int:
+    from cnnlab.train.optim import resolve_batch_size
+
+    bs = resolve_batch_size(cfg.train.batch_size, strategy)
+    return n if bs == "full" else int(bs)
 
 
 def _setup_layers(model: nn.Module, cfg: Config, strategy: str, n_train_images: int) -> TransferPlan:
@@ -498,7 +501,7 @@ def _setup_layers(model: nn.Module, cfg: Config, strategy: str, n_train_images: 
     trainable, frozen = groups[len(groups) - n_train:], groups[: len(groups) - n_train]
     lr = cfg.train.lr if cfg.train.lr is not None else DEFAULT_LR[cfg.train.optimizer.lower()]
     pgroups = discriminative_param_groups(model, groups, n_train, lr, t.lr_decay)
-    bs = _batch_size(cfg, n_train_images)
+    bs = _batch_size(cfg, n_train_images, strategy)
     flag = str(t.freeze_bn).lower()
     all_bn = flag == "true" or (flag == "auto" and bs < 16)
     frozen_names = {n for g in frozen for n in g}

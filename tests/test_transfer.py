@@ -241,6 +241,23 @@ def test_choose_strategy_rules():
     assert transfer.choose_strategy([8000, 6000], probe, 4)[0] == "full"
 
 
+def test_budget_defaults_depend_on_the_strategy():
+    from cnnlab.train.optim import resolve_batch_size, resolve_epochs
+
+    assert resolve_batch_size("auto", None) == 128 and resolve_batch_size("auto", "feature-extract") == 128
+    assert resolve_batch_size("auto", "fine-tune") == 32 and resolve_batch_size("auto", "full") == 32
+    assert resolve_batch_size(64, "fine-tune") == 64 and resolve_batch_size("full", "full") == "full"
+    # cats_vs_dogs: 2,000 images at batch 32 = 63 steps -> 3 fine-tuning epochs; from scratch 1200 steps -> clamp 30
+    assert resolve_epochs("auto", 63, "fine-tune") == 3 and resolve_epochs("auto", 16, None) == 30
+    assert resolve_epochs("auto", 3, "full") == 10 and resolve_epochs(7, 3, "full") == 7
+
+
+def test_fine_tune_resolves_auto_batch_size_into_the_run_config(small_cats, weights, tmp_path, cache):
+    run = _fit(small_cats, weights, tmp_path / "ft", strategy="fine-tune", unfreeze=1, epochs=1, batch_size="auto")
+    assert run.config.train.batch_size == 32
+    assert "batch_size: 32" in (run.dir / "config.yaml").read_text()
+
+
 def test_auto_strategy_records_its_reasoning(small_cats, weights, tmp_path, cache):
     run = _fit(small_cats, weights, tmp_path / "auto", strategy="auto", epochs=3)
     rec = json.loads((run.dir / "transfer.json").read_text())
@@ -261,6 +278,15 @@ def test_feature_extract_reaches_90_percent_on_cats_vs_dogs(weights, tmp_path, c
               verbose=0, tensorboard=False, out=str(tmp_path / "run"))
     assert run.config.data.image_size == 160 and run.config.data.normalize == "model"
     assert run.metrics["val"]["accuracy"] >= 0.90
+
+
+@pytest.mark.slow
+def test_fine_tune_with_its_default_budget_reaches_92_5_percent_on_cats_vs_dogs(weights, tmp_path, cache):
+    data = dataset_path("cats_vs_dogs")
+    run = fit(str(data), model="mobilenet_v1", model_kwargs=MNV1, weights=str(weights), strategy="fine-tune",
+              verbose=0, tensorboard=False, out=str(tmp_path / "run"))
+    assert (run.config.train.batch_size, run.config.train.epochs) == (32, 3)
+    assert run.metrics["val"]["accuracy"] >= 0.925
 
 
 def test_pretrained_without_network_uses_offline_mode_instead_of_retrying(monkeypatch):

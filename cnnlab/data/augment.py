@@ -30,8 +30,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as torch_f
-import torchvision.transforms.v2.functional as F
-from torchvision.transforms import InterpolationMode
 
 from cnnlab.config import AugmentConfig
 from cnnlab.errors import CnnlabError
@@ -83,6 +81,15 @@ def _randint(g: torch.Generator, high: int) -> int:
     return int(torch.randint(0, high, (), generator=g))
 
 
+def _tv_functional() -> Any:
+    """torchvision.transforms.v2.functional, imported on first use: importing torchvision costs about 3 s (it pulls
+    in torchvision.models, ops and torch._dynamo), which runs without augmentation (evaluate, predict, a head on
+    cached features) should not pay."""
+    import torchvision.transforms.v2.functional as F
+
+    return F
+
+
 class BatchAugment:
     """Image transforms of one batch: float (B, C, H, W) in [0, 1] -> same shape, from a seeded generator."""
 
@@ -94,6 +101,7 @@ class BatchAugment:
         return any(self.o[k] != OFF.get(k, 0.0) for k in OPTIONS if k not in ("mixup", "cutmix"))
 
     def __call__(self, x: torch.Tensor, g: torch.Generator, noise_seed: int) -> torch.Tensor:
+        F = _tv_functional()
         o = self.o
         chunks = list(x.split(math.ceil(len(x) / min(self.groups, len(x)))))
         x = torch.cat([self._group(c, g) for c in chunks])
@@ -109,6 +117,9 @@ class BatchAugment:
 
     def _group(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """One chunk: one draw of each transform's parameters, applied with v2 functional ops."""
+        from torchvision.transforms import InterpolationMode
+
+        F = _tv_functional()
         o = self.o
         h, w = x.shape[-2:]
         if o["crop_scale"] < 1:
@@ -144,7 +155,7 @@ class BatchAugment:
         ratio = math.exp(_uniform(g, math.log(3 / 4), math.log(4 / 3)))
         ch, cw = min(h, round(math.sqrt(area / ratio))), min(w, round(math.sqrt(area * ratio)))
         i, j = _randint(g, h - ch + 1), _randint(g, w - cw + 1)
-        return F.resized_crop(x, i, j, ch, cw, [h, w], antialias=True)
+        return _tv_functional().resized_crop(x, i, j, ch, cw, [h, w], antialias=True)
 
 
 class Augmenter:
