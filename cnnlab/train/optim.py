@@ -71,7 +71,7 @@ FINETUNE_STRATEGIES = ("fine-tune", "full")
 
 
 def resolve_batch_size(batch_size: int | str, strategy: str | None = None) -> int | str:
-    """"auto" -> DEFAULT_FINETUNE_BATCH when fine-tuning pretrained weights, else DEFAULT_BATCH; other values as given."""
+    """"auto" -> DEFAULT_FINETUNE_BATCH when fine-tuning pretrained weights, else DEFAULT_BATCH; others as given."""
     if batch_size == "auto":
         return DEFAULT_FINETUNE_BATCH if strategy in FINETUNE_STRATEGIES else DEFAULT_BATCH
     return batch_size
