@@ -52,7 +52,7 @@ CASES: dict[str, dict[str, Any]] = {
         "augment": True,
         "quick_epochs": 4,
         "cnnlab_epochs": 30,
-        "cnnlab_ttt_epochs": 30,
+        "cnnlab_ttt_epochs": "auto",  # cnnlab's default: one-cycle over ~1200 steps (4 epochs of 50k)
     },
 }
 CONTENDERS = ("cnnlab:fp32", "cnnlab:bf16", "torch:fp32", "torch:bf16", "keras:fp32", "fastai:fp32")

@@ -38,6 +38,7 @@ from cnnlab.data.preprocess import load_preprocess, save_preprocess
 from cnnlab.data.readers import IMAGE_EXTENSIONS, load_source
 from cnnlab.data.stream import make_batches
 from cnnlab.errors import CnnlabError
+from cnnlab.models.optimize import pool_before_activation
 from cnnlab.models.summary import format_summary, summarize
 from cnnlab.prepare import (
     build_callbacks,
@@ -300,6 +301,8 @@ def _fit_in(cfg: Config, run_dir: Path, device: torch.device, precision: str, co
     meta = environment_info(device, precision)
     summary_text = format_summary(summarize(model, (cfg.data.channels, cfg.data.image_size, cfg.data.image_size),
                                             device=device), title=f"Model: {cfg.model.name}")
+    if features is None:  # after the summary, which shows the model as defined
+        pool_before_activation(model)
     if not resuming:
         _write_run_files(run_dir, cfg, meta, classes, summary_text, prepared)
     counts = {s: len(v) for s, v in prepared.splits.items()}
