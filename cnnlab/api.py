@@ -38,6 +38,7 @@ from cnnlab.data.preprocess import load_preprocess, save_preprocess
 from cnnlab.data.readers import IMAGE_EXTENSIONS, load_source
 from cnnlab.data.stream import make_batches
 from cnnlab.errors import CnnlabError
+from cnnlab.models.layers import weight_decay_groups
 from cnnlab.models.optimize import pool_before_activation
 from cnnlab.models.summary import format_summary, summarize
 from cnnlab.prepare import (
@@ -199,7 +200,10 @@ def _make_trainer(cfg: Config, model: nn.Module, num_classes: int, device: torch
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    params = params if params is not None else [p for p in model.parameters() if p.requires_grad]
+    if params is None:  # decay on weights only, unless asked (models.layers.weight_decay_groups)
+        params = (weight_decay_groups(model, cfg.train.weight_decay)
+                  if cfg.train.weight_decay > 0 and not cfg.train.decay_bias_and_norm
+                  else [p for p in model.parameters() if p.requires_grad])
     optimizer = create_optimizer(cfg.train.optimizer, params, cfg.train.lr, cfg.train.momentum, cfg.train.nesterov,
                                  cfg.train.weight_decay)
     return Trainer(model, build_loss(cfg, num_classes).to(device), optimizer, num_classes=num_classes,
@@ -231,6 +235,7 @@ def fit(data: str | None = None, *, config: str | Path | Config | dict | None = 
 
         return resume_run(resume, callbacks=callbacks, **kwargs)
     cfg = build_config(data, config, overrides, **kwargs)
+    _pin_local_paths(cfg)
     validate_transfer(cfg)  # before any decoding: a wrong strategy / head fails at once
     console = Console(highlight=False, quiet=cfg.verbose == 0)
     device = resolve_device(cfg.train.device)
@@ -243,6 +248,18 @@ def fit(data: str | None = None, *, config: str | Path | Config | dict | None = 
         if not any(run_dir.iterdir()):
             run_dir.rmdir()  # nothing was written: leave no empty folder behind
         raise
+
+
+def _pin_local_paths(cfg: Config) -> None:
+    """Paths that exist become absolute, so the run's config.yaml resumes and re-runs from any directory; builtin
+    names (digits, mnist, ...) and paths that do not exist (their error comes later, as typed) stay as given."""
+    for section, key in (("data", "source"), ("data", "images"), ("model", "weights")):
+        holder = getattr(cfg, section)
+        value = getattr(holder, key)
+        if isinstance(value, str) and value:
+            path = Path(value).expanduser()
+            if path.exists():
+                setattr(holder, key, str(path.resolve()))
 
 
 def _fit_in(cfg: Config, run_dir: Path, device: torch.device, precision: str, console: Console,

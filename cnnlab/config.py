@@ -83,6 +83,7 @@ class TrainConfig:
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 0.0
+    decay_bias_and_norm: bool = False  # weight decay on biases and norm scales too (off: weights only, as Keras)
     schedule: str = "onecycle"  # constant | step | cosine | onecycle
     warmup_epochs: float = 0.0
     step_size: int = 10  # epochs between drops, for the step schedule

@@ -66,6 +66,17 @@ def test_evaluate_and_predict_from_the_run_folder_alone(digits_run, tmp_path):
     assert [r["class"] for r in result["per_class"]] == run.class_names
 
 
+def test_relative_data_path_is_stored_absolute_so_the_run_resumes_from_anywhere(tmp_path, monkeypatch):
+    make_image_folder(tmp_path / "imgs", per_class=4)
+    monkeypatch.chdir(tmp_path)
+    run = cnnlab.fit("imgs", out="run", val_split=0.25, **FAST)
+    cfg = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert cfg["data"]["source"] == str((tmp_path / "imgs").resolve())
+    monkeypatch.chdir("/")
+    result = cnnlab.load_run(tmp_path / run.dir).evaluate()  # the val split, recreated from the run folder alone
+    assert result["split"] == "val" and result["count"] == 2  # 25% of 8 images
+
+
 def test_batch_gd_and_sgd_step_counts(tmp_path):
     folder = make_image_folder(tmp_path / "d", per_class=8)
     full = cnnlab.fit(str(folder), out=str(tmp_path / "full"), batch_size="full", val_split=0.25, **FAST)
@@ -95,8 +106,15 @@ def test_every_loss_trains(tmp_path, loss):
 def test_nesterov_and_weight_decay_reach_the_optimizer(tmp_path):
     run = cnnlab.fit("digits", out=str(tmp_path / "r"), optimizer="sgd", lr=0.05, nesterov=True, weight_decay=1e-4,
                      **FAST)
-    group = run.trainer.optimizer.param_groups[0]
-    assert group["nesterov"] and group["weight_decay"] == 1e-4
+    decay, no_decay = run.trainer.optimizer.param_groups
+    assert decay["nesterov"] and decay["weight_decay"] == 1e-4
+    # weights decay; biases do not (as Keras's kernel_regularizer), unless train.decay_bias_and_norm is set
+    shapes = sorted(tuple(p.shape) for p in no_decay["params"])
+    assert no_decay["weight_decay"] == 0.0 and shapes and all(len(s) == 1 for s in shapes)
+    assert all(p.dim() > 1 for p in decay["params"])
+    both = cnnlab.fit("digits", out=str(tmp_path / "b"), weight_decay=1e-4,
+                      overrides=["train.decay_bias_and_norm=true"], **FAST)
+    assert [g["weight_decay"] for g in both.trainer.optimizer.param_groups] == [1e-4]
 
 
 def test_callbacks_from_flags(tmp_path):

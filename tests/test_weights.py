@@ -119,6 +119,22 @@ def test_mismatched_keys_are_reported_and_partial_load_refused(tmp_path):
     assert torch.equal(dst.layer1[0].conv1.weight, src.layer1[0].conv1.weight)
 
 
+@pytest.mark.parametrize("in_chans", [1, 4])
+def test_rgb_checkpoint_adapts_its_input_conv_to_other_channel_counts(tmp_path, in_chans):
+    src = _tiny()
+    torch.save(src.state_dict(), tmp_path / "rgb.pt")
+    dst = create_model("resnet20", num_classes=10, in_chans=in_chans)
+    report = load_weights(dst, tmp_path / "rgb.pt")
+    assert report.adapted == [f"conv1.weight: 3 -> {in_chans} channels"] and not report.mismatched
+    assert "input channels adapted (1)" in str(report)
+    w = src.conv1.weight.detach()
+    if in_chans == 1:  # a gray image x gives the response the RGB filters would give to (x, x, x)
+        torch.testing.assert_close(dst.conv1.weight, w.sum(1, keepdim=True))
+    else:  # channels repeat, scaled by 3/4 so the response keeps its size
+        torch.testing.assert_close(dst.conv1.weight[:, :3], w * 3 / 4)
+    torch.testing.assert_close(dst.layer1[0].conv1.weight, src.layer1[0].conv1.weight)
+
+
 class _Exploit:
     def __init__(self, marker: str) -> None:
         self.marker = marker

@@ -38,6 +38,7 @@ class LoadReport:
     mismatched: list[str] = field(default_factory=list)  # "key: checkpoint (a, b) vs model (c, d)"
     skipped_head: list[str] = field(default_factory=list)
     renamed: dict[str, str] = field(default_factory=dict)
+    adapted: list[str] = field(default_factory=list)  # input convs whose channels were adapted (e.g. RGB -> gray)
 
     @property
     def complete(self) -> bool:
@@ -52,6 +53,7 @@ class LoadReport:
         if self.renamed:
             lines.append("renamed: " + ", ".join(f"{a} -> {b}" for a, b in self.renamed.items()))
         for label, keys in (
+            ("input channels adapted", self.adapted),
             ("skipped (new classifier)", self.skipped_head),
             ("missing in file", self.missing),
             ("unexpected in file", self.unexpected),
@@ -150,6 +152,20 @@ def _map_head(
     return state
 
 
+def _other_in_chans(file_w: torch.Tensor, model_w: torch.Tensor) -> bool:
+    """Same conv but for its number of input channels (a 3-channel checkpoint on grayscale data, or back)."""
+    return file_w.dim() == 4 and file_w.shape[1] != model_w.shape[1] and (
+        file_w.shape[0], *file_w.shape[2:]) == (model_w.shape[0], *model_w.shape[2:])
+
+
+def _adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """timm's rule (timm.models.adapt_input_conv): 1 channel sums the RGB filters; more channels repeat them,
+    scaled so that the activation's size is unchanged."""
+    from timm.models import adapt_input_conv  # imported only here: importing timm costs about a second
+
+    return adapt_input_conv(in_chans, weight)
+
+
 def load_weights(
     model: nn.Module,
     path: str | Path,
@@ -182,9 +198,13 @@ def load_weights(
         report.skipped_head = sorted(k for k in state if k in head_keys)
         state = {k: v for k, v in state.items() if k not in head_keys}
     to_load = {}
+    stem = next((k for k, v in model_state.items() if v.dim() == 4), None)  # the first conv sees the image
     for key, value in state.items():
         if key not in model_state:
             report.unexpected.append(key)
+        elif key == stem and _other_in_chans(value, model_state[key]):
+            to_load[key] = _adapt_input_conv(value, model_state[key].shape[1])
+            report.adapted.append(f"{key}: {value.shape[1]} -> {model_state[key].shape[1]} channels")
         elif model_state[key].shape != value.shape:
             report.mismatched.append(f"{key}: file {tuple(value.shape)} vs model {tuple(model_state[key].shape)}")
         else:
