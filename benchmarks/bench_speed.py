@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -81,7 +82,9 @@ def run_cnnlab_case(case: str, precision: str, job: dict[str, Any] | None = None
     if job.get("kind") == "throughput":
         # the peers' settings exactly, on all of train; the same timed windows of steps as the peers (after the
         # same warm-up), taken by a callback inside cnnlab's own loop (data pipeline, metrics, checks included)
-        settings = {"epochs": 1, "batch_size": job.get("batch_size", 128),
+        bs = job.get("batch_size", 128)
+        needed = job["warmup_steps"] + job["steps"] * job["repeats"] + 1  # windows may span epoch ends
+        settings = {"epochs": math.ceil(needed / math.ceil(job["n_train"] / bs)), "batch_size": bs,
                     "optimizer": "adam", "lr": 1e-3, "schedule": "constant", "val_split": 0.0}
         callbacks.append(_step_windows(job["warmup_steps"], job["steps"], job["repeats"]))
     else:
@@ -440,6 +443,7 @@ def main(argv: list[str] | None = None) -> int:
             "optimizer": "adam",
             "lr": 1e-3,
             "repeats": args.repeats,
+            "rounds": args.rounds,
             "ttt_repeats": args.ttt_repeats,
             "quick": args.quick,
             "threads": threads,
