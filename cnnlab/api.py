@@ -17,6 +17,7 @@ import re
 import sys
 import time
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path, PurePosixPath
@@ -262,47 +263,91 @@ def _pin_local_paths(cfg: Config) -> None:
                 setattr(holder, key, str(path.resolve()))
 
 
+@dataclass
+class _Loops:
+    """What one training run iterates over: the trainer and its train / val batches (pixels or cached features)."""
+
+    trainer: Trainer
+    train: Any
+    val: Any
+    features: Any  # the cached bottleneck features of feature extraction, else None
+    tplan: Any  # the transfer plan, else None
+
+
 def _fit_in(cfg: Config, run_dir: Path, device: torch.device, precision: str, console: Console,
             extra_callbacks: list[Callback], resume_state: dict | None = None) -> Run:
     """Prepare data, model and trainer from `cfg`, train (from the start, or from `resume_state`), finish."""
-    seed_everything(cfg.train.seed)
     log = lambda m: console.print(m, markup=False, soft_wrap=True)  # noqa: E731
-    prepared = prepare_data(cfg, log)
-    classes = prepared.class_names
-    train_split, val_split = prepared.splits["train"], prepared.splits.get("val")
-    plan = balance.plan_balance(cfg, train_split.y, len(classes), val_split is not None, log)
-    if plan.synthetic is not None:  # SMOTE-family on pixels: new images join the in-memory train split
-        if not isinstance(train_split, DecodedSplit):
-            raise CnnlabError(f"{plan.synthetic} on pixels needs the train split in memory; it is streamed because "
-                              "it is over data.memory_budget_mb: use a smaller --image-size or another --balance")
-        x, y = balance.apply_synthetic(plan, train_split.x, train_split.y, cfg.balance.smote_k, cfg.train.seed, log)
-        train_split = DecodedSplit(x, y, [])
-    train_y = train_split.y
     seed_everything(cfg.train.seed)
-    model = build_model(cfg, len(classes), log)
-    tplan = None
-    if is_transfer(cfg):  # pretrained weights: freeze / group LRs, or train a head on cached bottleneck features
-        tplan = setup_transfer(cfg, model, dataclasses.replace(prepared, splits={**prepared.splits,
-                                                                                   "train": train_split}),
-                               device, precision, log)
+    prepared = prepare_data(cfg, log)
+    plan = balance.plan_balance(cfg, prepared.splits["train"].y, len(prepared.class_names),
+                                "val" in prepared.splits, log)
+    training = _with_synthetic(cfg, prepared, plan, log)  # prepared, or its copy with SMOTE images in train
+    seed_everything(cfg.train.seed)
+    model = build_model(cfg, len(prepared.class_names), log)
+    loops = _build_loops(cfg, model, training, plan, run_dir, device, precision, console, extra_callbacks,
+                         resume_state is not None, log)
+    meta = environment_info(device, precision)
+    summary_text = format_summary(summarize(model, (cfg.data.channels, cfg.data.image_size, cfg.data.image_size),
+                                            device=device), title=f"Model: {cfg.model.name}")
+    if loops.features is None:  # after the summary, which shows the model as defined
+        pool_before_activation(model)
+    if resume_state is None:
+        _write_run_files(run_dir, cfg, meta, prepared.class_names, summary_text, prepared)
+    counts = ", ".join(f"{k} {len(v)}" for k, v in prepared.splits.items())
+    log(f"cnnlab {__version__}: {cfg.model.name} on {prepared.source.name} ({len(prepared.class_names)} classes, "
+        f"{cfg.data.channels}x{cfg.data.image_size}x{cfg.data.image_size}, {counts}) on {device} ({precision}); "
+        f"run folder {run_dir}")
+    t0 = time.perf_counter()
+    _train(cfg, model, loops, run_dir, resume_state)
+    run = Run(run_dir, cfg, prepared.class_names, model, loops.trainer, loops.trainer.history, meta=meta)
+    run.metrics = _final_metrics(run, loops.features or prepared, loops.val is not None, time.perf_counter() - t0)
+    run.metrics["balance"] = plan.record()
+    (run_dir / "metrics.json").write_text(json.dumps(run.metrics, indent=2), encoding="utf-8")
+    if loops.tplan is not None:
+        write_transfer_record(run_dir, loops.tplan, run.metrics)
+        if loops.features is not None:  # the returned Run predicts from images with the full model
+            run.trainer = _make_trainer(cfg, model, len(prepared.class_names), device, precision, [], console,
+                                        prepared.whitening)
+    _print_final(run, log)
+    return run
+
+
+def _with_synthetic(cfg: Config, prepared: Any, plan: Any, log: Callable[[str], None]) -> Any:
+    """SMOTE-family on pixels: the synthetic images join the in-memory train split."""
+    if plan.synthetic is None:
+        return prepared
+    train_split = prepared.splits["train"]
+    if not isinstance(train_split, DecodedSplit):
+        raise CnnlabError(f"{plan.synthetic} on pixels needs the train split in memory; it is streamed because "
+                          "it is over data.memory_budget_mb: use a smaller --image-size or another --balance")
+    x, y = balance.apply_synthetic(plan, train_split.x, train_split.y, cfg.balance.smote_k, cfg.train.seed, log)
+    return dataclasses.replace(prepared, splits={**prepared.splits, "train": DecodedSplit(x, y, [])})
+
+
+def _build_loops(cfg: Config, model: nn.Module, prepared: Any, plan: Any, run_dir: Path, device: torch.device,
+                 precision: str, console: Console, extra_callbacks: list[Callback], resuming: bool,
+                 log: Callable[[str], None]) -> _Loops:
+    """Transfer setup, trainer, batches and schedule; resolves the auto batch size and epochs into cfg."""
+    num_classes = len(prepared.class_names)
+    # pretrained weights: freeze / group LRs, or train a head on cached bottleneck features
+    tplan = setup_transfer(cfg, model, prepared, device, precision, log) if is_transfer(cfg) else None
     features = tplan.feature_data if tplan is not None else None
     strategy = tplan.strategy if tplan is not None else None
     cfg.train.batch_size = resolve_batch_size(cfg.train.batch_size, strategy)
-    if features is not None:
-        train_split, val_split = features.splits["train"], features.splits.get("val")
-        train_y = train_split.y
-    resuming = resume_state is not None
+    splits = (features or prepared).splits
+    train_split, val_split = splits["train"], splits.get("val")
     callbacks = build_callbacks(cfg, run_dir, val_split is not None, resume=resuming) + extra_callbacks
-    augmenter = build_augmenter(cfg.augment, cfg.train.seed, len(classes)) if features is None else None
+    augmenter = build_augmenter(cfg.augment, cfg.train.seed, num_classes) if features is None else None
     if features is not None:  # only the head trains, on features in memory
-        trainer = make_head_trainer(cfg, model, len(classes), device, callbacks, console)
+        trainer = make_head_trainer(cfg, model, num_classes, device, callbacks, console)
     else:
-        trainer = _make_trainer(cfg, model, len(classes), device, precision,
+        trainer = _make_trainer(cfg, model, num_classes, device, precision,
                                 callbacks + (tplan.callbacks if tplan else []), console, prepared.whitening,
                                 augmenter.mix if augmenter is not None and augmenter.mixes else None,
                                 tplan.param_groups if tplan else None)
-    trainer.headline_metrics = balance.headline_metrics(plan, len(classes), val_split is not None)
-    sampler = (balance.create_sampler(plan.sampler, train_y, len(classes), cfg.balance.epoch_samples)
+    trainer.headline_metrics = balance.headline_metrics(plan, num_classes, val_split is not None)
+    sampler = (balance.create_sampler(plan.sampler, train_split.y, num_classes, cfg.balance.epoch_samples)
                if plan.sampler else None)
     workers = cfg.data.workers
     train = make_batches(train_split, cfg.train.batch_size, True, cfg.train.seed, device, workers, sampler=sampler)
@@ -315,45 +360,25 @@ def _fit_in(cfg: Config, run_dir: Path, device: torch.device, precision: str, co
     trainer.scheduler = create_scheduler(cfg.train.schedule, trainer.optimizer, cfg.train.epochs * len(train),
                                          len(train), cfg.train.warmup_epochs, step_size=cfg.train.step_size,
                                          gamma=cfg.train.gamma)
-    meta = environment_info(device, precision)
-    summary_text = format_summary(summarize(model, (cfg.data.channels, cfg.data.image_size, cfg.data.image_size),
-                                            device=device), title=f"Model: {cfg.model.name}")
-    if features is None:  # after the summary, which shows the model as defined
-        pool_before_activation(model)
-    if not resuming:
-        _write_run_files(run_dir, cfg, meta, classes, summary_text, prepared)
-    counts = {s: len(v) for s, v in prepared.splits.items()}
-    log(f"cnnlab {__version__}: {cfg.model.name} on {prepared.source.name} ({len(classes)} classes, "
-        f"{cfg.data.channels}x{cfg.data.image_size}x{cfg.data.image_size}, "
-        + ", ".join(f"{k} {v}" for k, v in counts.items()) + f") on {device} ({precision}); run folder {run_dir}")
+    return _Loops(trainer, train, val, features, tplan)
 
-    t = cfg.train
-    t0 = time.perf_counter()
-    if features is not None:  # head epochs take milliseconds: no checkpointer, no fsynced full model per epoch
+
+def _train(cfg: Config, model: nn.Module, loops: _Loops, run_dir: Path, resume_state: dict | None) -> None:
+    """The epochs: a head on cached features (no checkpointer: its epochs take milliseconds), or the full model
+    under the crash-safe checkpointer (resume, Ctrl-C, NaN rollback)."""
+    t, trainer = cfg.train, loops.trainer
+    if loops.features is not None:
         if cfg.transfer.head == "logreg":
-            fit_logreg(trainer, train, val, run_dir / "best.safetensors")
+            fit_logreg(trainer, loops.train, loops.val, run_dir / "best.safetensors")
         else:
-            trainer.fit(train, val, cfg.train.epochs)
+            trainer.fit(loops.train, loops.val, t.epochs)
         save_weights(model, run_dir / "last.safetensors")
-    else:
-        checkpointer = attach_checkpointer(trainer, run_dir, t.checkpoint_every_steps, t.nan_policy, t.nan_retries,
-                                           t.nan_lr_factor)
-        start_epoch, start_step = checkpointer.start(resume_state, cfg.train.epochs)
-        with checkpointer.protect():  # Ctrl-C saves and stops; a full disk is one clear line
-            trainer.fit(train, val, cfg.train.epochs, start_epoch, start_step,
-                        on_epoch_saved=checkpointer.save_epoch)
-    wall = time.perf_counter() - t0
-    run = Run(run_dir, cfg, classes, model, trainer, trainer.history, meta=meta)
-    run.metrics = _final_metrics(run, features or prepared, val is not None, wall)
-    run.metrics["balance"] = plan.record()
-    (run_dir / "metrics.json").write_text(json.dumps(run.metrics, indent=2), encoding="utf-8")
-    if tplan is not None:
-        write_transfer_record(run_dir, tplan, run.metrics)
-        if features is not None:  # the returned Run predicts from images with the full model
-            run.trainer = _make_trainer(cfg, model, len(classes), device, precision, [], console,
-                                        prepared.whitening)
-    _print_final(run, log)
-    return run
+        return
+    checkpointer = attach_checkpointer(trainer, run_dir, t.checkpoint_every_steps, t.nan_policy, t.nan_retries,
+                                       t.nan_lr_factor)
+    start_epoch, start_step = checkpointer.start(resume_state, t.epochs)
+    with checkpointer.protect():  # Ctrl-C saves and stops; a full disk is one clear line
+        trainer.fit(loops.train, loops.val, t.epochs, start_epoch, start_step, on_epoch_saved=checkpointer.save_epoch)
 
 
 def training_state(trainer: Trainer, epoch: int) -> dict[str, Any]:
