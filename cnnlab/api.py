@@ -196,7 +196,9 @@ class Run:
 
 def _make_trainer(cfg: Config, model: nn.Module, num_classes: int, device: torch.device, precision: str,
                   callbacks: list[Callback], console: Console, whitening: dict | None = None,
-                  augment=None, params: list | None = None) -> Trainer:
+                  augment=None, params: list | None = None, inference: bool = False) -> Trainer:
+    """The Trainer of `model` on `device`; `inference` (evaluate / predict from a run folder) builds no optimizer:
+    creating a torch optimizer imports torch._dynamo, about 2 s of every evaluate / predict command."""
     channels_last = has_conv(model)
     model.to(device)
     if channels_last:
@@ -205,8 +207,9 @@ def _make_trainer(cfg: Config, model: nn.Module, num_classes: int, device: torch
         params = (weight_decay_groups(model, cfg.train.weight_decay)
                   if cfg.train.weight_decay > 0 and not cfg.train.decay_bias_and_norm
                   else [p for p in model.parameters() if p.requires_grad])
-    optimizer = create_optimizer(cfg.train.optimizer, params, cfg.train.lr, cfg.train.momentum, cfg.train.nesterov,
-                                 cfg.train.weight_decay)
+    optimizer = None if inference else create_optimizer(cfg.train.optimizer, params, cfg.train.lr,
+                                                         cfg.train.momentum, cfg.train.nesterov,
+                                                         cfg.train.weight_decay)
     return Trainer(model, build_loss(cfg, num_classes).to(device), optimizer, num_classes=num_classes,
                    preprocess=build_normalize(cfg, device, channels_last, whitening), augment=augment,
                    device=device, precision=precision,
@@ -476,8 +479,9 @@ def load_run(path: str | Path, weights: str = "best", device: str | None = None)
     if found is None:
         raise CnnlabError(f"{run_dir} has no weights ({weights}.safetensors or last.safetensors)")
     model.load_state_dict(load_weights_file(found))
+    pool_before_activation(model)  # exact, and faster (cnnlab.models.optimize)
     trainer = _make_trainer(cfg, model, len(classes), dev, precision, [], Console(quiet=True),
-                            load_preprocess(run_dir))
+                            load_preprocess(run_dir), inference=True)
     history: list[dict[str, Any]] = []
     if (run_dir / "metrics.json").is_file():
         metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))

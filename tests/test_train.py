@@ -64,6 +64,10 @@ def test_evaluate_and_predict_from_the_run_folder_alone(digits_run, tmp_path):
     assert result["split"] == "val" and result["accuracy"] == pytest.approx(digits_run.metrics["val"]["accuracy"])
     assert sum(map(sum, result["confusion_matrix"])) == result["count"] == 360 - 1
     assert [r["class"] for r in result["per_class"]] == run.class_names
+    # loaded for inference: no optimizer (it would import torch._dynamo, ~2 s per command); training says how
+    assert run.trainer.optimizer is None
+    with pytest.raises(CnnlabError, match="weights="):
+        run.trainer.fit(None, None, 1)
 
 
 def test_relative_data_path_is_stored_absolute_so_the_run_resumes_from_anywhere(tmp_path, monkeypatch):

@@ -68,7 +68,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 class Trainer:
     """Holds the model, loss, optimizer, schedule and callbacks of one run."""
 
-    def __init__(self, model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer, *,
+    def __init__(self, model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer | None, *,
                  num_classes: int, preprocess: Callable[[torch.Tensor], torch.Tensor],
                  augment: Callable[[torch.Tensor, torch.Tensor], tuple] | None = None,
                  device: torch.device, precision: str = "fp32", callbacks: list[Callback] | None = None,
@@ -171,6 +171,9 @@ class Trainer:
     def fit(self, train: TensorBatches, val: TensorBatches | None, epochs: int, start_epoch: int = 0,
             start_step: int = 0, on_epoch_saved: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
         """Train for `epochs` epochs (from `start_epoch`, `start_step` when resuming); returns the history."""
+        if self.optimizer is None:
+            raise CnnlabError("this model was loaded for evaluation and prediction (load_run) and has no optimizer: "
+                              "to train from its weights, use cnnlab.fit(..., weights='RUN/best.safetensors')")
         self.epochs, self.steps_per_epoch = epochs, len(train)
         self.stop_training = False
         self._train_metrics = MetricAccumulator(self.num_classes, self.device, self.top_k, self.regression)
