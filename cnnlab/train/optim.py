@@ -72,7 +72,7 @@ AUTO_STEPS = 1200
 AUTO_EPOCHS_RANGE = (3, 30)
 # Fine-tuning pretrained weights (transfer strategies fine-tune / full) needs far fewer steps: the features are
 # already good and long runs at a high rate wash them out. MobileNetV1 on cats_vs_dogs (2,000 images, batch 32):
-# 92.7-93.2% val after 3 epochs of 63 steps; ResNet-20 on aerial_cactus: 99.5% after 3 epochs
+# 92.7-93.2% val after 3 epochs of 63 steps; ResNet-20 on aerial_cactus (batch 64): 99.5% after 3 epochs
 # (benchmarks/results/transfer.md).
 AUTO_FINETUNE_STEPS = 180
 AUTO_FINETUNE_EPOCHS_RANGE = (3, 10)
