@@ -9,7 +9,8 @@ about 10% of a training step on the CPU (benchmarks/results/speed_*.md).
 
 Both modules are parameter-free and keep their places in the Sequential's numbering, so state dicts are unchanged
 and checkpoints load into the model as defined. `summary` is taken before the rewrite, so the run folder shows the
-architecture as written.
+architecture as written; `run.model` itself holds the swapped order (a forward hook on `features[3]` of seed_cnn
+sees the pool, not the ReLU).
 """
 
 from __future__ import annotations
