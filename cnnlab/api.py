@@ -16,7 +16,6 @@ import platform
 import re
 import sys
 import time
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -36,7 +35,7 @@ from cnnlab.data.augment import describe as describe_augment
 from cnnlab.data.dataset import DecodedSplit, ImageGeometry, decode_image
 from cnnlab.data.loader import TensorBatches
 from cnnlab.data.preprocess import load_preprocess, save_preprocess
-from cnnlab.data.readers import IMAGE_EXTENSIONS, load_source
+from cnnlab.data.readers import list_images, load_source
 from cnnlab.data.stream import make_batches
 from cnnlab.errors import CnnlabError
 from cnnlab.models.layers import weight_decay_groups
@@ -542,30 +541,7 @@ def _map_labels(data_classes: list[str], run_classes: list[str], data: str) -> n
 
 def _collect_inputs(inputs: list[str]) -> list[tuple[str, Any]]:
     """(id, reader) for each image in files, folders (recursive) and zip archives."""
-    found: list[tuple[str, Any]] = []
-    for item in inputs:
-        path = Path(item)
-        if not path.exists():
-            raise CnnlabError(f"no such file or folder: {item}")
-        if path.is_dir():
-            for p in sorted(path.rglob("*")):
-                rel = p.relative_to(path)
-                if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not any(
-                        s.startswith(".") for s in rel.parts):
-                    found.append((rel.as_posix(), p.read_bytes))
-        elif path.suffix.lower() == ".zip":
-            from cnnlab.data.readers import _is_hidden, _zip_entries
-
-            archive = zipfile.ZipFile(path)
-            for rel, entry in _zip_entries(path)[0]:
-                parts = PurePosixPath(rel).parts
-                if Path(rel).suffix.lower() in IMAGE_EXTENSIONS and not _is_hidden(parts):
-                    found.append((rel, lambda e=entry, z=archive: z.read(e)))
-        else:
-            found.append((path.name, path.read_bytes))
-    if not found:
-        raise CnnlabError(f"no images found in {', '.join(inputs)}")
-    return found
+    return list_images(inputs)
 
 
 def predict(run: Run | str | Path, inputs: list[str] | str, csv_path: str | None = None,

@@ -11,7 +11,7 @@ import pytest
 from conftest import dataset_path, make_image_folder, pattern_image, write_idx, zip_folder
 
 from cnnlab.data.dataset import decode_split, infer_geometry
-from cnnlab.data.readers import load_source, read_idx, stratified_split
+from cnnlab.data.readers import base, list_images, load_source, read_idx, register_reader, stratified_split
 from cnnlab.errors import CnnlabError
 
 
@@ -222,3 +222,75 @@ def test_stratified_split_keeps_class_proportions():
     tr, va = stratified_split(labels, 0.25, seed=0)
     assert np.bincount(labels[va]).tolist() == [20, 5]
     assert len(set(tr) | set(va)) == 100
+
+
+def test_readers_are_tried_in_the_declared_order():
+    assert [r.name for r in base.readers_in_order()] == ["builtin", "idx", "npz_folder", "folder", "zip", "csv",
+                                                         "npz"]
+    with pytest.raises(ValueError, match="already taken by 'zip'"):
+        register_reader("another", order=50, accepts=lambda req: False)(lambda req: None)
+
+
+def test_a_registered_reader_is_picked_by_load_source(tmp_path, monkeypatch):
+    from cnnlab.data.readers.arrays import array_split
+    from cnnlab.registry import Registry
+
+    readers = Registry("reader")
+    for r in base.readers_in_order():
+        readers.register(r.name, doc=r.name)(r)
+    monkeypatch.setattr(base, "READERS", readers)  # the new reader lives only for this test
+
+    @register_reader("fake", order=65, accepts=lambda req: req.is_file_with(".fake"))
+    def read_fake(req):
+        """A made-up format: four blank images."""
+        x = np.zeros((4, 2, 2), np.uint8)
+        return base.DataSource(req.path.stem, "fake", ["a", "b"], {"train": array_split(x, [0, 1, 0, 1], "f")})
+
+    (tmp_path / "data.fake").write_text("")
+    assert load_source(str(tmp_path / "data.fake"), val_split=0.5).kind == "fake"
+    assert readers.doc("fake") == "A made-up format: four blank images."
+    (tmp_path / "data.other").write_text("")
+    with pytest.raises(CnnlabError, match="cannot read .*expected a folder"):
+        load_source(str(tmp_path / "data.other"))
+
+
+def _folder_with_junk(root):
+    make_image_folder(root, per_class=2)
+    (root / "__MACOSX" / "cat").mkdir(parents=True)  # names without a dot: only the __MACOSX rule skips them
+    pattern_image(0, 5).save(root / "__MACOSX" / "cat" / "cat_0.png")
+    (root / ".hidden").mkdir()
+    pattern_image(1, 5).save(root / ".hidden" / "dog_9.png")
+    (root / "cat" / "Thumbs.db").write_bytes(b"\0")
+    (root / "cat" / "notes.txt").write_text("not an image")
+    pattern_image(1, 6).save(root / "loose.png")
+    return root
+
+
+def test_predict_listing_leaves_out_what_training_leaves_out(tmp_path):
+    root = _folder_with_junk(tmp_path / "d")
+    items = list_images([str(root)])
+    ids = [i for i, _ in items]
+    assert ids == ["cat/cat_0.png", "cat/cat_1.png", "dog/dog_0.png", "dog/dog_1.png", "loose.png"]
+    assert items[0][1]() == (root / "cat" / "cat_0.png").read_bytes()
+    trained = load_source(str(root), val_split=0).splits["train"].ids
+    assert trained == [i for i in ids if "/" in i]  # training also skips the top-level image (no class)
+    archive = zip_folder(root, tmp_path / "d.zip")
+    zipped = list_images([str(archive)])
+    assert [i for i, _ in zipped] == ids and zipped[-1][1]() == (root / "loose.png").read_bytes()
+    assert [i for i, _ in list_images([str(root / "cat" / "notes.txt")])] == ["notes.txt"]  # named: always read
+    with pytest.raises(CnnlabError, match="no such file or folder: "):
+        list_images([str(tmp_path / "nope")])
+    (tmp_path / "empty" / "__MACOSX").mkdir(parents=True)
+    pattern_image(0, 0).save(tmp_path / "empty" / "__MACOSX" / "a.png")
+    with pytest.raises(CnnlabError, match="no images found in "):
+        list_images([str(tmp_path / "empty")])
+
+
+def test_predict_skips_macosx_and_hidden_files(tmp_path):
+    import cnnlab
+
+    root = _folder_with_junk(tmp_path / "d")
+    run = cnnlab.fit(str(root), model="mlp", epochs=1, batch_size=8, verbose=0,
+                     tensorboard=False, precision="fp32", device="cpu", out=str(tmp_path / "run"))
+    rows = run.predict([str(root)])
+    assert [r["id"] for r in rows] == ["cat_0.png", "cat_1.png", "dog_0.png", "dog_1.png", "loose.png"]
