@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from cnnlab.data.dataset import _decode_one, decode_split, infer_geometry
+from cnnlab.data.dataset import decode_or_reason, decode_split, infer_geometry
 from cnnlab.data.readers import load_source
 from cnnlab.errors import CnnlabError
 
@@ -100,7 +100,7 @@ def test_decode_random_and_mutated_bytes_is_an_image_or_a_skip(data, channels, s
     from cnnlab.data.dataset import ImageGeometry
 
     geom = ImageGeometry((size or 6, size or 6), channels)
-    out = _decode_one((MemoryContainer({"f": data}), "f", geom, policy))
+    out = decode_or_reason((MemoryContainer({"f": data}), "f", geom, policy))
     if not isinstance(out, str):
         assert out.dtype == np.uint8 and out.shape == (geom.size[0], geom.size[1], channels)
 

@@ -17,21 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cnnlab.data.dataset import DecodedSplit, ImageGeometry, _decode_one, decode_split
+from cnnlab.data.dataset import DecodedSplit, ImageGeometry, decode_or_reason, decode_split, decoder_fingerprint
 from cnnlab.data.readers import DataSource, Split, ZipContainer
 
 CACHE_VERSION = 1
-
-
-def _decoder_fingerprint() -> str:
-    """A hash of the decoding code itself, so a change to how images are decoded never reuses stale pixels."""
-    import inspect
-
-    from cnnlab.data import dataset
-
-    parts = [inspect.getsource(f) for f in (dataset.decode_image, dataset.convert_mode, dataset.resize_image,
-                                            dataset._to_8bit)]
-    return hashlib.sha256("".join(parts).encode()).hexdigest()[:16]
 
 
 def cache_dir() -> Path:
@@ -47,7 +36,7 @@ def split_key(src: DataSource, split: Split, geom: ImageGeometry, policy: str) -
     from PIL import Image
 
     h = hashlib.sha256()
-    h.update(json.dumps([CACHE_VERSION, _decoder_fingerprint(), geom.size, geom.channels, policy,
+    h.update(json.dumps([CACHE_VERSION, decoder_fingerprint(), geom.size, geom.channels, policy,
                          Image.MAX_IMAGE_PIXELS]).encode())
     if isinstance(src.container, ZipContainer):
         st = os.stat(src.container.path)
@@ -136,7 +125,7 @@ def decode_split_to_file(src: DataSource, split: Split, geom: ImageGeometry, pol
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for lo in range(0, len(split), chunk):
             jobs = [(src.container, ref, geom, policy) for ref in split.refs[lo : lo + chunk]]
-            for i, result in enumerate(pool.map(_decode_one, jobs), start=lo):
+            for i, result in enumerate(pool.map(decode_or_reason, jobs), start=lo):
                 if isinstance(result, str):
                     skipped.append((split.ids[i], result))
                     continue

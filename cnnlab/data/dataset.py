@@ -7,6 +7,8 @@ counted, never fatal. Normalisation and augmentation happen later, on whole batc
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import io
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -88,6 +90,15 @@ def read_header(data: bytes) -> tuple[tuple[int, int], str]:
         return im.size, im.mode
 
 
+def decoder_fingerprint() -> str:
+    """A hash of the decoding code itself, so a change to how images are decoded never reuses stale pixels.
+
+    It hashes the source text of the four functions below: any edit to them, even a reformat, is a new decoder.
+    """
+    parts = [inspect.getsource(f) for f in (decode_image, convert_mode, resize_image, _to_8bit)]
+    return hashlib.sha256("".join(parts).encode()).hexdigest()[:16]
+
+
 @dataclass
 class ImageGeometry:
     """The one size and channel count every image of a dataset is converted to."""
@@ -157,7 +168,8 @@ class DecodedSplit:
         return len(self.y)
 
 
-def _decode_one(args) -> np.ndarray | str:
+def decode_or_reason(args) -> np.ndarray | str:
+    """(container, ref, geom, policy) -> the decoded (H, W, C) image, or why it is skipped (never raises)."""
     container, ref, geom, policy = args
     try:
         return decode_image(container.read(ref), geom.channels, geom.size[0], policy)
@@ -176,7 +188,7 @@ def decode_split(src: DataSource, split: Split, geom: ImageGeometry, policy: str
                             list(split.ids))
     jobs = [(src.container, ref, geom, policy) for ref in split.refs]
     with ThreadPoolExecutor(max_workers=workers) as pool:  # PIL decodes release the GIL
-        results = list(pool.map(_decode_one, jobs, chunksize=32))
+        results = list(pool.map(decode_or_reason, jobs, chunksize=32))
     keep = [i for i, r in enumerate(results) if not isinstance(r, str)]
     skipped = [(split.ids[i], r) for i, r in enumerate(results) if isinstance(r, str)]
     if not keep:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from cnnlab.data.dataset import DecodedSplit, ImageGeometry, _decode_one, decode_image
+from cnnlab.data.dataset import DecodedSplit, ImageGeometry, decode_image, decode_or_reason
 from cnnlab.data.loader import TensorBatches
 from cnnlab.data.readers import DataSource, Split
 from cnnlab.errors import CnnlabError
@@ -85,7 +85,7 @@ def validate_split(src: DataSource, split: Split, geom: ImageGeometry, policy: s
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for lo in range(0, len(split), 512):
             jobs = [(src.container, ref, geom, policy) for ref in split.refs[lo : lo + 512]]
-            for i, result in enumerate(pool.map(_decode_one, jobs), start=lo):
+            for i, result in enumerate(pool.map(decode_or_reason, jobs), start=lo):
                 if isinstance(result, str):
                     skipped.append((split.ids[i], result))
                 else:
