@@ -179,6 +179,57 @@ def test_decoded_cache_is_used_on_the_second_run_and_invalidated_by_changes(smal
         prepare_data(cfg3, log=lambda m: None)
 
 
+def _key_as_computed_before_containers_fingerprinted(src, split, geom, policy):
+    """The cache key formula that caches on disk were written with; split_key must keep producing it."""
+    import hashlib
+    import json
+
+    from cnnlab.data.dataset import decoder_fingerprint
+    from cnnlab.data.readers import ZipContainer
+
+    h = hashlib.sha256()
+    h.update(json.dumps([cache_mod.CACHE_VERSION, decoder_fingerprint(), geom.size, geom.channels, policy,
+                         Image.MAX_IMAGE_PIXELS]).encode())
+    if isinstance(src.container, ZipContainer):
+        st = os.stat(src.container.path)
+        h.update(f"{Path(src.container.path).resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+        h.update("\n".join(split.refs).encode("utf-8", "surrogateescape"))
+    else:
+        for ref in split.refs:
+            st = os.stat(ref)
+            h.update(f"{os.path.abspath(ref)}|{st.st_size}|{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+    h.update(np.ascontiguousarray(split.labels).tobytes())
+    return h.hexdigest()[:32]
+
+
+def test_split_key_is_unchanged_for_folder_and_zip_sources(small_folder, tmp_path):
+    import zipfile
+
+    from cnnlab.data.dataset import ImageGeometry
+    from cnnlab.data.readers import load_source
+
+    archive = tmp_path / "small.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for p in sorted(small_folder.rglob("*.png")):
+            zf.write(p, "small/" + p.relative_to(small_folder).as_posix())
+    geom = ImageGeometry((12, 12), 3)
+    for data in (small_folder, archive):
+        src = load_source(str(data), seed=2)
+        for split in src.splits.values():
+            for policy in ("crop", "squash"):
+                key = cache_mod.split_key(src, split, geom, policy)
+                assert key == _key_as_computed_before_containers_fingerprinted(src, split, geom, policy)
+    assert cache_mod.split_key(load_source("digits"), load_source("digits").splits["train"], geom, "crop") is None
+
+
+def test_one_cache_root_with_features_below_it(monkeypatch, tmp_path):
+    monkeypatch.setenv("CNNLAB_CACHE_DIR", str(tmp_path / "c"))
+    assert cache_mod.cache_root() == tmp_path / "c" and cache_mod.features_cache_dir() == tmp_path / "c" / "features"
+    monkeypatch.delenv("CNNLAB_CACHE_DIR")
+    assert cache_mod.cache_root() == Path.home() / ".cache" / "cnnlab"
+    assert cache_mod.features_cache_dir() == Path.home() / ".cache" / "cnnlab" / "features"
+
+
 def test_augment_preview_writes_a_png(tmp_path, capsys):
     from cnnlab.cli import main
 

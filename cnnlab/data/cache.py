@@ -2,8 +2,13 @@
 
 A second run on the same data (same files, sizes and modification times, same geometry and resize policy) loads
 `<key>.npy` instead of decoding every JPEG again; a streamed split reads its rows from the same file through a
-memory map, so no epoch decodes twice. Location: $CNNLAB_CACHE_DIR, default ~/.cache/cnnlab/decoded.
-Array sources (npz, IDX, builtins) need no cache. Turn it off with `--set data.cache=false`.
+memory map, so no epoch decodes twice. What "the same files" means is the container's to say
+(Container.fingerprint). Array sources (npz, IDX, builtins) need no cache. Turn it off with
+`--set data.cache=false`.
+
+Location: one cache root for everything cnnlab caches, `cache_root()` = $CNNLAB_CACHE_DIR (default
+~/.cache/cnnlab). Decoded splits are `<root>/<key>.npy` with `<key>.json` beside them; the transfer code's
+bottleneck features go in `features_cache_dir()` = `<root>/features`.
 """
 
 from __future__ import annotations
@@ -18,15 +23,20 @@ import numpy as np
 import torch
 
 from cnnlab.data.dataset import DecodedSplit, ImageGeometry, decode_or_reason, decode_split, decoder_fingerprint
-from cnnlab.data.readers import DataSource, Split, ZipContainer
+from cnnlab.data.readers import DataSource, Split
 
 CACHE_VERSION = 1
 
 
-def cache_dir() -> Path:
-    """Where decoded splits are kept."""
+def cache_root() -> Path:
+    """The root of every cnnlab cache: $CNNLAB_CACHE_DIR, default ~/.cache/cnnlab. Decoded splits live in it."""
     env = os.environ.get("CNNLAB_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "cnnlab" / "decoded"
+    return Path(env) if env else Path.home() / ".cache" / "cnnlab"
+
+
+def features_cache_dir() -> Path:
+    """Where bottleneck features (cnnlab.transfer) are kept: <cache_root>/features."""
+    return cache_root() / "features"
 
 
 def split_key(src: DataSource, split: Split, geom: ImageGeometry, policy: str) -> str | None:
@@ -38,24 +48,13 @@ def split_key(src: DataSource, split: Split, geom: ImageGeometry, policy: str) -
     h = hashlib.sha256()
     h.update(json.dumps([CACHE_VERSION, decoder_fingerprint(), geom.size, geom.channels, policy,
                          Image.MAX_IMAGE_PIXELS]).encode())
-    if isinstance(src.container, ZipContainer):
-        st = os.stat(src.container.path)
-        h.update(f"{Path(src.container.path).resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
-        h.update("\n".join(split.refs).encode("utf-8", "surrogateescape"))
-    else:
-        for ref in split.refs:
-            try:
-                st = os.stat(ref)
-                stamp = f"{st.st_size}|{st.st_mtime_ns}"
-            except OSError:
-                stamp = "missing"
-            h.update(f"{os.path.abspath(ref)}|{stamp}\n".encode("utf-8", "surrogateescape"))
+    h.update(src.container.fingerprint(split.refs).encode("utf-8", "surrogateescape"))
     h.update(np.ascontiguousarray(split.labels).tobytes())
     return h.hexdigest()[:32]
 
 
 def _paths(key: str) -> tuple[Path, Path]:
-    base = cache_dir()
+    base = cache_root()
     return base / f"{key}.npy", base / f"{key}.json"
 
 
@@ -97,7 +96,7 @@ def decode_split_cached(src: DataSource, split: Split, geom: ImageGeometry, poli
             _save(key, decoded)
         except OSError as e:  # a full or read-only disk costs speed, never the run
             if log:
-                log(f"warning: could not write the decoded-image cache in {cache_dir()} ({e.strerror})")
+                log(f"warning: could not write the decoded-image cache in {cache_root()} ({e.strerror})")
     return decoded
 
 
