@@ -43,3 +43,12 @@ class ClassifierNet(nn.Module):
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         """Layer groups from input to output, in timm's format (regex on parameter names)."""
         return {"stem": r"^features\.0\.", "blocks": r"^features\.(\d+)", "head": r"^head\."}
+
+
+# The ImageNet statistics that pretrained models expect (torchvision, timm); the default of `--normalize model`.
+IMAGENET_CFG = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+
+
+def has_conv(model: nn.Module) -> bool:
+    """Whether the model convolves (then channels_last memory pays off)."""
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError
+from cnnlab.models.base import IMAGENET_CFG
 from cnnlab.models.layers import (
     ActSpec,
     GlobalPool,
@@ -140,11 +141,7 @@ class DenseNet(PooledClassifierNet):
         self.classifier = nn.Linear(c, num_classes)
         self.num_classes = num_classes
         apply_init(self, init, bias_init)
-        self.default_cfg = {
-            "mean": (0.485, 0.456, 0.406),
-            "std": (0.229, 0.224, 0.225),
-            "input_size": (in_chans, 224, 224),
-        }
+        self.default_cfg = {**IMAGENET_CFG, "input_size": (in_chans, 224, 224)}
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.final_act(self.features(x))
@@ -158,37 +155,32 @@ class DenseNet(PooledClassifierNet):
         }
 
 
-_IMAGENET = {"densenet121": (6, 12, 24, 16), "densenet169": (6, 12, 32, 32), "densenet201": (6, 12, 48, 32)}
+def _imagenet_densenet(config: tuple[int, ...], num_classes: int, in_chans: int = 3, input_size=(224, 224),
+                       small_input: bool | None = None, **kwargs: Any) -> DenseNet:
+    small = min(input_size) <= 64 if small_input is None else bool(small_input)
+    model = DenseNet(32, config, 64, num_classes=num_classes, in_chans=in_chans,
+                     stem="small" if small else "imagenet", **kwargs)
+    if small:
+        model.default_cfg["input_size"] = (in_chans, *tuple(input_size))
+    return model
 
 
-def _register_imagenet(name: str, config: tuple[int, ...]) -> None:
-    def builder(
-        num_classes: int,
-        in_chans: int = 3,
-        input_size=(224, 224),
-        small_input: bool | None = None,
-        **kwargs: Any,
-    ) -> DenseNet:
-        small = min(input_size) <= 64 if small_input is None else bool(small_input)
-        model = DenseNet(
-            32,
-            config,
-            64,
-            num_classes=num_classes,
-            in_chans=in_chans,
-            stem="small" if small else "imagenet",
-            **kwargs,
-        )
-        if small:
-            model.default_cfg["input_size"] = (in_chans, *tuple(input_size))
-        return model
-
-    builder.__name__ = name
-    register_model(name, doc=f"DenseNet-{name[8:]} (k=32, blocks {config}); 3x3 stem for inputs <= 64 px")(builder)
+@register_model("densenet121")
+def densenet121(num_classes: int, **kwargs: Any) -> DenseNet:
+    """DenseNet-121 (k=32, blocks (6, 12, 24, 16)); 3x3 stem for inputs <= 64 px"""
+    return _imagenet_densenet((6, 12, 24, 16), num_classes, **kwargs)
 
 
-for _name, _config in _IMAGENET.items():
-    _register_imagenet(_name, _config)
+@register_model("densenet169")
+def densenet169(num_classes: int, **kwargs: Any) -> DenseNet:
+    """DenseNet-169 (k=32, blocks (6, 12, 32, 32)); 3x3 stem for inputs <= 64 px"""
+    return _imagenet_densenet((6, 12, 32, 32), num_classes, **kwargs)
+
+
+@register_model("densenet201")
+def densenet201(num_classes: int, **kwargs: Any) -> DenseNet:
+    """DenseNet-201 (k=32, blocks (6, 12, 48, 32)); 3x3 stem for inputs <= 64 px"""
+    return _imagenet_densenet((6, 12, 48, 32), num_classes, **kwargs)
 
 
 @register_model("densenet_bc_100")

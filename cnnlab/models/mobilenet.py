@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError
+from cnnlab.models.base import IMAGENET_CFG
 from cnnlab.models.layers import ActSpec, GlobalPool, apply_init, make_activation, make_dropout, make_norm
 from cnnlab.models.pooled import PooledClassifierNet
 from cnnlab.models.registry import register_model
@@ -67,11 +68,7 @@ class MobileNetV1(PooledClassifierNet):
         self.fc = nn.Linear(c, num_classes)
         self.num_classes = num_classes
         apply_init(self, init, bias_init)
-        self.default_cfg = {
-            "mean": (0.485, 0.456, 0.406),
-            "std": (0.229, 0.224, 0.225),
-            "input_size": (in_chans, 224, 224),
-        }
+        self.default_cfg = {**IMAGENET_CFG, "input_size": (in_chans, 224, 224)}
 
     def _act(self, channels: int) -> nn.Module:
         return make_activation(self.activation, channels, inplace=True)

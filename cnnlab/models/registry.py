@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from cnnlab.errors import CnnlabError
 from cnnlab.registry import Registry
 
-MODELS = Registry("model")
+if TYPE_CHECKING:
+    from torch import nn
+
+# The modules whose import registers the built-in models (one line per architecture module).
+ARCHITECTURES = ("cnnlab.models.simple", "cnnlab.models.classic", "cnnlab.models.googlenet", "cnnlab.models.resnet",
+                 "cnnlab.models.densenet", "cnnlab.models.selu", "cnnlab.models.mobilenet")
+MODELS = Registry("model", sources=ARCHITECTURES, decorator="register_model")
 register_model = MODELS.register
 
 
@@ -30,13 +34,20 @@ def list_models(include_timm: str | None = None) -> list[str]:
     return names
 
 
+def timm_model_error(name: str) -> CnnlabError:
+    """timm has no model `name`: the error names close matches and how to list them."""
+    import timm
+
+    close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
+    hint = f" Did you mean {', '.join('timm:' + c for c in close)}?" if close else ""
+    return CnnlabError(f"timm has no model '{name}'.{hint} List them with: cnnlab models --timm '*{name[:4]}*'")
+
+
 def _create_timm_model(name: str, num_classes: int, in_chans: int, pretrained: bool, **kwargs: Any) -> nn.Module:
     import timm
 
     if not timm.is_model(name):
-        close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
-        hint = f" Did you mean {', '.join('timm:' + c for c in close)}?" if close else ""
-        raise CnnlabError(f"timm has no model '{name}'.{hint} List them with: cnnlab models --timm '*{name[:4]}*'")
+        raise timm_model_error(name)
     from cnnlab.models.weights_hint import offline_unless_reachable
 
     try:

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlab.errors import CnnlabError
+from cnnlab.models.base import IMAGENET_CFG
 from cnnlab.models.layers import (
     ActSpec,
     GlobalPool,
@@ -32,8 +33,6 @@ from cnnlab.models.layers import (
 )
 from cnnlab.models.pooled import PooledClassifierNet
 from cnnlab.models.registry import register_model
-
-IMAGENET_CFG = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
 
 
 def conv3x3(cin: int, cout: int, stride: int = 1, bias: bool = False) -> nn.Conv2d:
@@ -284,36 +283,51 @@ def _imagenet_resnet(
     return model
 
 
-_IMAGENET = {
-    "resnet18": ("basic", (2, 2, 2, 2)),
-    "resnet34": ("basic", (3, 4, 6, 3)),
-    "resnet50": ("bottleneck", (3, 4, 6, 3)),
-    "resnet101": ("bottleneck", (3, 4, 23, 3)),
-    "resnet152": ("bottleneck", (3, 8, 36, 3)),
-    "preact_resnet18": ("preact", (2, 2, 2, 2)),
-    "preact_resnet34": ("preact", (3, 4, 6, 3)),
-}
+def _imagenet_builder(block: str, layers: tuple[int, ...], num_classes: int, in_chans: int = 3,
+                      input_size=(224, 224), small_input: bool | None = None, **kwargs: Any) -> ResNet:
+    return _imagenet_resnet(block, layers, num_classes, in_chans, tuple(input_size), small_input, 224, **kwargs)
 
 
-def _register_imagenet(name: str, block: str, layers: tuple[int, ...]) -> None:
-    def builder(
-        num_classes: int,
-        in_chans: int = 3,
-        input_size=(224, 224),
-        small_input: bool | None = None,
-        **kwargs: Any,
-    ) -> ResNet:
-        return _imagenet_resnet(block, layers, num_classes, in_chans, tuple(input_size), small_input, 224, **kwargs)
-
-    depth = name.rsplit("resnet", 1)[1]
-    kind = "pre-activation " if block == "preact" else ""
-    doc = f"{kind}ResNet-{depth} ({block} blocks {layers}); 3x3 stem without max-pool for inputs <= 64 px"
-    builder.__name__ = name
-    register_model(name, doc=doc)(builder)
+@register_model("resnet18")
+def resnet18(num_classes: int, **kwargs: Any) -> ResNet:
+    """ResNet-18 (basic blocks (2, 2, 2, 2)); 3x3 stem without max-pool for inputs <= 64 px"""
+    return _imagenet_builder("basic", (2, 2, 2, 2), num_classes, **kwargs)
 
 
-for _name, (_block, _layers) in _IMAGENET.items():
-    _register_imagenet(_name, _block, _layers)
+@register_model("resnet34")
+def resnet34(num_classes: int, **kwargs: Any) -> ResNet:
+    """ResNet-34 (basic blocks (3, 4, 6, 3)); 3x3 stem without max-pool for inputs <= 64 px"""
+    return _imagenet_builder("basic", (3, 4, 6, 3), num_classes, **kwargs)
+
+
+@register_model("resnet50")
+def resnet50(num_classes: int, **kwargs: Any) -> ResNet:
+    """ResNet-50 (bottleneck blocks (3, 4, 6, 3)); 3x3 stem without max-pool for inputs <= 64 px"""
+    return _imagenet_builder("bottleneck", (3, 4, 6, 3), num_classes, **kwargs)
+
+
+@register_model("resnet101")
+def resnet101(num_classes: int, **kwargs: Any) -> ResNet:
+    """ResNet-101 (bottleneck blocks (3, 4, 23, 3)); 3x3 stem without max-pool for inputs <= 64 px"""
+    return _imagenet_builder("bottleneck", (3, 4, 23, 3), num_classes, **kwargs)
+
+
+@register_model("resnet152")
+def resnet152(num_classes: int, **kwargs: Any) -> ResNet:
+    """ResNet-152 (bottleneck blocks (3, 8, 36, 3)); 3x3 stem without max-pool for inputs <= 64 px"""
+    return _imagenet_builder("bottleneck", (3, 8, 36, 3), num_classes, **kwargs)
+
+
+@register_model("preact_resnet18")
+def preact_resnet18(num_classes: int, **kwargs: Any) -> ResNet:
+    """pre-activation ResNet-18 (preact blocks (2, 2, 2, 2)); 3x3 stem without max-pool for inputs <= 64 px"""
+    return _imagenet_builder("preact", (2, 2, 2, 2), num_classes, **kwargs)
+
+
+@register_model("preact_resnet34")
+def preact_resnet34(num_classes: int, **kwargs: Any) -> ResNet:
+    """pre-activation ResNet-34 (preact blocks (3, 4, 6, 3)); 3x3 stem without max-pool for inputs <= 64 px"""
+    return _imagenet_builder("preact", (3, 4, 6, 3), num_classes, **kwargs)
 
 
 def cifar_resnet(
@@ -344,19 +358,43 @@ def cifar_resnet(
     return model
 
 
-def _register_cifar(depth: int, preact: bool) -> None:
-    name = f"{'preact_' if preact else ''}resnet{depth}"
-
-    def builder(num_classes: int, in_chans: int = 3, input_size=(32, 32), **kwargs: Any) -> ResNet:
-        kwargs.setdefault("preact", preact)
-        return cifar_resnet(depth, num_classes, in_chans, **kwargs)
-
-    kind = "pre-activation " if preact else ""
-    doc = f"CIFAR {kind}ResNet-{depth}: 16/32/64 channels, shortcut='A' (zero-pad) or 'B' (projection)"
-    builder.__name__ = name
-    register_model(name, doc=doc)(builder)
+def _cifar_builder(depth: int, default_preact: bool, num_classes: int, in_chans: int = 3, input_size=(32, 32),
+                   **kwargs: Any) -> ResNet:
+    kwargs.setdefault("preact", default_preact)
+    return cifar_resnet(depth, num_classes, in_chans, **kwargs)
 
 
-for _depth in (20, 32, 44, 56, 110):
-    _register_cifar(_depth, preact=False)
-_register_cifar(110, preact=True)
+@register_model("resnet20")
+def resnet20(num_classes: int, **kwargs: Any) -> ResNet:
+    """CIFAR ResNet-20: 16/32/64 channels, shortcut='A' (zero-pad) or 'B' (projection)"""
+    return _cifar_builder(20, False, num_classes, **kwargs)
+
+
+@register_model("resnet32")
+def resnet32(num_classes: int, **kwargs: Any) -> ResNet:
+    """CIFAR ResNet-32: 16/32/64 channels, shortcut='A' (zero-pad) or 'B' (projection)"""
+    return _cifar_builder(32, False, num_classes, **kwargs)
+
+
+@register_model("resnet44")
+def resnet44(num_classes: int, **kwargs: Any) -> ResNet:
+    """CIFAR ResNet-44: 16/32/64 channels, shortcut='A' (zero-pad) or 'B' (projection)"""
+    return _cifar_builder(44, False, num_classes, **kwargs)
+
+
+@register_model("resnet56")
+def resnet56(num_classes: int, **kwargs: Any) -> ResNet:
+    """CIFAR ResNet-56: 16/32/64 channels, shortcut='A' (zero-pad) or 'B' (projection)"""
+    return _cifar_builder(56, False, num_classes, **kwargs)
+
+
+@register_model("resnet110")
+def resnet110(num_classes: int, **kwargs: Any) -> ResNet:
+    """CIFAR ResNet-110: 16/32/64 channels, shortcut='A' (zero-pad) or 'B' (projection)"""
+    return _cifar_builder(110, False, num_classes, **kwargs)
+
+
+@register_model("preact_resnet110")
+def preact_resnet110(num_classes: int, **kwargs: Any) -> ResNet:
+    """CIFAR pre-activation ResNet-110: 16/32/64 channels, shortcut='A' (zero-pad) or 'B' (projection)"""
+    return _cifar_builder(110, True, num_classes, **kwargs)

@@ -166,6 +166,24 @@ def _adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
     return adapt_input_conv(in_chans, weight)
 
 
+def _matching_tensors(state: dict, model_state: dict, report: LoadReport) -> dict:
+    """The tensors of `state` that fit the model (the stem conv adapted to other input channels); the rest is
+    reported as unexpected or mis-shaped."""
+    to_load = {}
+    stem = next((k for k, v in model_state.items() if v.dim() == 4), None)  # the first conv sees the image
+    for key, value in state.items():
+        if key not in model_state:
+            report.unexpected.append(key)
+        elif key == stem and _other_in_chans(value, model_state[key]):
+            to_load[key] = _adapt_input_conv(value, model_state[key].shape[1])
+            report.adapted.append(f"{key}: {value.shape[1]} -> {model_state[key].shape[1]} channels")
+        elif model_state[key].shape != value.shape:
+            report.mismatched.append(f"{key}: file {tuple(value.shape)} vs model {tuple(model_state[key].shape)}")
+        else:
+            to_load[key] = value
+    return to_load
+
+
 def load_weights(
     model: nn.Module,
     path: str | Path,
@@ -197,18 +215,7 @@ def load_weights(
     if skip_head:
         report.skipped_head = sorted(k for k in state if k in head_keys)
         state = {k: v for k, v in state.items() if k not in head_keys}
-    to_load = {}
-    stem = next((k for k, v in model_state.items() if v.dim() == 4), None)  # the first conv sees the image
-    for key, value in state.items():
-        if key not in model_state:
-            report.unexpected.append(key)
-        elif key == stem and _other_in_chans(value, model_state[key]):
-            to_load[key] = _adapt_input_conv(value, model_state[key].shape[1])
-            report.adapted.append(f"{key}: {value.shape[1]} -> {model_state[key].shape[1]} channels")
-        elif model_state[key].shape != value.shape:
-            report.mismatched.append(f"{key}: file {tuple(value.shape)} vs model {tuple(model_state[key].shape)}")
-        else:
-            to_load[key] = value
+    to_load = _matching_tensors(state, model_state, report)
     # old checkpoints predate BatchNorm's num_batches_tracked; a missing counter is harmless
     report.missing = [
         k

@@ -14,7 +14,7 @@ from torch import nn
 from cnnlab.errors import CnnlabError
 from cnnlab.registry import Registry
 
-LOSSES = Registry("loss")
+LOSSES = Registry("loss")  # filled by the decorators below
 REGRESSION_LOSSES = {"mse", "mae"}
 
 

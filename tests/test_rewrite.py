@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from cnnlab.models import create_model
-from cnnlab.models.optimize import is_monotone_activation, pool_before_activation
+from cnnlab.models.rewrite import is_monotone_activation, pool_before_activation
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
