@@ -17,8 +17,6 @@ import torch.nn.functional as F
 
 from cnnlab.config import Config, apply_overrides
 from cnnlab.data.balance import (
-    OversampleSampler,
-    UndersampleSampler,
     compute_class_weights,
     parse_methods,
     plan_balance,
@@ -27,6 +25,7 @@ from cnnlab.data.balance import (
     select_threshold,
 )
 from cnnlab.data.loader import TensorBatches
+from cnnlab.data.samplers import OversampleSampler, UndersampleSampler
 from cnnlab.errors import CnnlabError
 from cnnlab.train.losses import create_loss
 
@@ -143,7 +142,7 @@ def test_double_correction_applies_with_allow_double_and_says_so():
     lines: list[str] = []
     cfg = _cfg("balance.methods=oversample,class_weights", "balance.allow_double=true")
     plan = plan_balance(cfg, _labels([90, 10]), 2, True, log=lines.append)
-    assert plan.sampler == "oversample" and cfg.balance.weights == pytest.approx([0.2, 1.8])
+    assert plan.sampler == "oversample" and plan.weights == pytest.approx([0.2, 1.8])
     assert any("double correction" in line for line in lines)
 
 
@@ -160,14 +159,12 @@ def test_imbalanced_split_switches_the_monitor_and_warns():
     cfg = _cfg()
     plan = plan_balance(cfg, _labels([90, 10, 30]), 3, True, log=lines.append)
     assert plan.imbalanced and plan.ratio == 9.0
-    assert cfg.callbacks.monitor == "val_balanced_accuracy"
+    assert plan.monitor == "val_balanced_accuracy"
     assert any("warning" in line and "imbalanced" in line for line in lines)
-    cfg = _cfg()
-    plan_balance(cfg, _labels([90, 10]), 2, True, log=lambda m: None)
-    assert cfg.callbacks.monitor == "val_roc_auc"
-    cfg = _cfg()
-    plan_balance(cfg, _labels([50, 45]), 2, True, log=lambda m: None)
-    assert cfg.callbacks.monitor == "auto"  # balanced: the plain accuracy stays
+    plan = plan_balance(_cfg(), _labels([90, 10]), 2, True, log=lambda m: None)
+    assert plan.monitor == "val_roc_auc"
+    plan = plan_balance(_cfg(), _labels([50, 45]), 2, True, log=lambda m: None)
+    assert plan.monitor == "auto"  # balanced: the plain accuracy stays
 
 
 # -- threshold, SMOTE ------------------------------------------------------------------------------------
@@ -225,7 +222,7 @@ def _write_binary(tmp_path: Path) -> Path:
 
 def test_binary_run_reports_roc_auc_and_moves_the_threshold(tmp_path):
     import cnnlab
-    from cnnlab.api import load_run
+    from cnnlab.inference import load_run
 
     data = _write_binary(tmp_path)
     run = cnnlab.fit(str(data), model="mlp", epochs=2, batch_size=32, out=str(tmp_path / "run"), verbose=0,

@@ -21,6 +21,7 @@ replays it exactly.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import warnings
@@ -32,18 +33,11 @@ import torch
 import torch.nn.functional as torch_f
 
 from cnnlab.config import AugmentConfig
+from cnnlab.config.schema import AUGMENT_PRESETS
 from cnnlab.errors import CnnlabError
 
-OPTIONS = ("hflip", "vflip", "rotate", "translate", "scale", "crop_scale", "color", "erase", "noise", "jpeg",
-           "mixup", "cutmix")
-PRESETS: dict[str, dict[str, float]] = {
-    "none": {},
-    "light": {"hflip": 0.5, "translate": 0.1},
-    "medium": {"hflip": 0.5, "rotate": 15, "translate": 0.1, "scale": 0.1, "crop_scale": 0.8, "color": 0.2,
-               "erase": 0.25},
-    "heavy": {"hflip": 0.5, "rotate": 25, "translate": 0.15, "scale": 0.2, "crop_scale": 0.5, "color": 0.4,
-              "erase": 0.5, "noise": 0.03, "jpeg": 0.3, "mixup": 0.2, "cutmix": 1.0},
-}
+OPTIONS = tuple(f.name for f in dataclasses.fields(AugmentConfig) if f.name not in ("preset", "groups"))
+PRESETS = AUGMENT_PRESETS  # the value of every option each preset sets (cnnlab/config/schema.py)
 OFF = {"crop_scale": 1.0}  # the value of each option that means "off" (0 for the others)
 
 

@@ -1,10 +1,10 @@
 """Imbalanced and small datasets: measure the imbalance, and the treatments `--balance` applies.
 
-Owns: class counts and the imbalance ratio; samplers that give each epoch's index order as a pure function of
-(seed, epoch) (oversampling with replacement, undersampling to a balanced subset that rotates through the majority
-classes); class weights (inverse frequency, effective number of samples); SMOTE / Borderline-SMOTE / ADASYN
-(imbalanced-learn) on features or on flattened pixels; binary decision-threshold selection; and `plan_balance`,
-which checks a combination of treatments, refuses silent double corrections and says what was applied.
+Owns: class counts and the imbalance ratio; class weights (inverse frequency, effective number of samples);
+SMOTE / Borderline-SMOTE / ADASYN (imbalanced-learn) on features or on flattened pixels; binary decision-threshold
+selection; and `plan_balance`, which checks a combination of treatments, refuses silent double corrections and
+says what was applied (and decides the loss, class weights and monitor without writing the config). The samplers
+of oversample / undersample live in cnnlab.data.samplers.
 
 Treatments (`balance.methods`, combinable where it makes sense):
     oversample        weighted sampler with replacement: every class equally likely in each epoch
@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from cnnlab.config.schema import BALANCE_METHODS
+from cnnlab.config.schema import parse_methods as normalize_methods
 from cnnlab.errors import CnnlabError
 
 # A train split whose largest / smallest class ratio reaches IMBALANCED_RATIO counts as imbalanced: the headline
@@ -32,16 +34,7 @@ from cnnlab.errors import CnnlabError
 IMBALANCED_RATIO = 1.5
 WARN_RATIO = 3.0
 
-METHODS = {
-    "oversample": "weighted sampler with replacement (each class equally likely per draw)",
-    "undersample": "balanced subset of every class each epoch, rotating through the majority classes",
-    "class_weights": "per-class loss weights (balance.class_weights: inverse | effective)",
-    "focal": "focal loss (balance.focal_gamma, balance.focal_alpha)",
-    "smote": "SMOTE on the flattened pixels of the train split",
-    "borderline_smote": "Borderline-SMOTE on the flattened pixels of the train split",
-    "adasyn": "ADASYN on the flattened pixels of the train split",
-    "threshold": "binary: decision threshold maximizing val balanced accuracy",
-}
+METHODS = BALANCE_METHODS  # name -> what it does (cnnlab/config/schema.py)
 SAMPLERS = ("oversample", "undersample")
 SYNTHETIC = ("smote", "borderline_smote", "adasyn")
 MAX_PIXEL_FEATURES = 64 * 64 * 3  # SMOTE on pixels only for small images: interpolating large images is noise
@@ -90,89 +83,6 @@ def compute_class_weights(counts: np.ndarray, scheme: str = "inverse", beta: flo
     weights = np.ones_like(counts)
     weights[present] = raw[present] * present.sum() / raw[present].sum()
     return torch.tensor(weights, dtype=torch.float32)
-
-
-# ------------------------------------------------------------------------------------------------------------
-# samplers: the index order of epoch e is a pure function of (seed, epoch), so a resumed run replays it exactly
-
-
-def _generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 101 + stream)
-
-
-class Sampler:
-    """The index order of each epoch. Subclasses define `order` and `__len__` (indices per epoch)."""
-
-    def order(self, seed: int, epoch: int) -> torch.Tensor:
-        raise NotImplementedError
-
-    def __len__(self) -> int:
-        raise NotImplementedError
-
-
-class OversampleSampler(Sampler):
-    """Draws `num_samples` indices per epoch with replacement, each class equally likely (default N draws).
-
-    Every sample's weight is 1 / (its class count), so a draw picks a class uniformly, then a sample of it.
-    """
-
-    def __init__(self, labels: torch.Tensor, num_classes: int, num_samples: int | None = None) -> None:
-        y = labels.cpu().long()
-        counts = torch.bincount(y, minlength=num_classes).double()
-        self.weights = (1.0 / counts.clamp_min(1))[y]
-        self.num_samples = int(num_samples or len(y))
-        if self.num_samples < 1:
-            raise CnnlabError(f"balance.epoch_samples must be positive, got {num_samples}")
-
-    def order(self, seed: int, epoch: int) -> torch.Tensor:
-        return torch.multinomial(self.weights, self.num_samples, replacement=True, generator=_generator(seed, epoch))
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-
-class UndersampleSampler(Sampler):
-    """Each epoch takes `per_class` samples of every class (default: the smallest class's count), shuffled.
-
-    A class's samples are read from an endless stream of its own shuffles (shuffle 0, then 1, ...), epoch e
-    taking positions [e * per_class, (e + 1) * per_class): over ceil(n_c / per_class) epochs every sample of
-    class c is used at least once.
-    """
-
-    def __init__(self, labels: torch.Tensor, num_classes: int, per_class: int | None = None) -> None:
-        y = labels.cpu().long()
-        self.members = [torch.nonzero(y == c).flatten() for c in range(num_classes)]
-        self.members = [m for m in self.members if len(m)]
-        smallest = min(len(m) for m in self.members)
-        self.per_class = int(per_class or smallest)
-        if self.per_class < 1:
-            raise CnnlabError(f"balance.epoch_samples must be positive, got {per_class}")
-
-    def _class_slice(self, c: int, seed: int, epoch: int) -> torch.Tensor:
-        idx, n, m = self.members[c], len(self.members[c]), self.per_class
-        lo, hi = epoch * m, (epoch + 1) * m
-        parts = []
-        for cycle in range(lo // n, (hi - 1) // n + 1):
-            perm = torch.randperm(n, generator=_generator(seed, cycle, stream=1 + c))
-            start, stop = max(lo - cycle * n, 0), min(hi - cycle * n, n)
-            parts.append(idx[perm[start:stop]])
-        return torch.cat(parts)
-
-    def order(self, seed: int, epoch: int) -> torch.Tensor:
-        chosen = torch.cat([self._class_slice(c, seed, epoch) for c in range(len(self.members))])
-        return chosen[torch.randperm(len(chosen), generator=_generator(seed, epoch))]
-
-    def __len__(self) -> int:
-        return self.per_class * len(self.members)
-
-
-def create_sampler(method: str, labels: torch.Tensor, num_classes: int, epoch_samples: int | None = None) -> Sampler:
-    """`oversample` or `undersample`; epoch_samples: draws per epoch (oversample) or per class (undersample)."""
-    if method == "oversample":
-        return OversampleSampler(labels, num_classes, epoch_samples)
-    if method == "undersample":
-        return UndersampleSampler(labels, num_classes, epoch_samples)
-    raise CnnlabError(f"unknown sampler '{method}': use oversample or undersample")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -275,6 +185,9 @@ class BalancePlan:
     synthetic: str | None = None
     threshold: bool = False
     notes: list[str] = field(default_factory=list)
+    loss: str = "cross_entropy"  # the loss the run uses (focal when asked)
+    weights: list[float] | None = None  # the loss's per-class weights
+    monitor: str = "auto"  # callbacks.monitor as the plan resolved it (auto stays auto for balanced data)
 
     def record(self) -> dict[str, Any]:
         return {"train_counts": self.counts, "imbalance_ratio": round(self.ratio, 4), "imbalanced": self.imbalanced,
@@ -283,16 +196,11 @@ class BalancePlan:
 
 def parse_methods(methods: list[str] | str) -> list[str]:
     """Normalise `oversample,class_weights` / a list to known method names, in order, without repeats."""
-    items = methods.split(",") if isinstance(methods, str) else list(methods)
-    out: list[str] = []
-    for item in (str(m).strip().lower().replace("-", "_") for m in items):
-        if item in ("", "none"):
-            continue
+    out = normalize_methods(methods)
+    for item in out:
         if item not in METHODS:
             raise CnnlabError(f"unknown --balance method '{item}': choose from {', '.join(METHODS)} "
                               "(comma-separated)")
-        if item not in out:
-            out.append(item)
     return out
 
 
@@ -322,17 +230,16 @@ def _check_combination(methods: list[str], weighted: bool, allow_double: bool, b
 
 def plan_balance(cfg, labels: torch.Tensor, num_classes: int, has_val: bool,
                  log: Callable[[str], None] = print) -> BalancePlan:
-    """Measure the train split, check `cfg.balance`, and resolve into cfg what the run needs.
+    """Measure the train split, check `cfg.balance`, and decide what the run needs (cfg is only read).
 
-    Resolves cfg.balance.weights (the loss's class weights), cfg.balance.methods (normalised) and, for an
-    imbalanced train split with `monitor: auto`, cfg.callbacks.monitor (val_roc_auc for two classes, else
-    val_balanced_accuracy). Logs the counts, the ratio and every treatment applied.
+    Decides the methods (normalised), the loss and its class weights, and, for an imbalanced train split with
+    `monitor: auto`, the monitored metric (val_roc_auc for two classes, else val_balanced_accuracy). Logs the
+    counts, the ratio and every treatment applied.
     """
     b = cfg.balance
     counts = class_counts(labels, num_classes)
     ratio = imbalance_ratio(counts)
     methods = parse_methods(b.methods)
-    b.methods = methods
     binary = num_classes == 2
     focal = "focal" in methods or cfg.train.loss == "focal"
     manual = b.weights is not None and "class_weights" not in methods and b.focal_alpha is None
@@ -341,16 +248,16 @@ def plan_balance(cfg, labels: torch.Tensor, num_classes: int, has_val: bool,
     plan = BalancePlan(counts.tolist(), ratio, ratio >= IMBALANCED_RATIO, methods,
                        sampler=next((m for m in methods if m in SAMPLERS), None),
                        synthetic=next((m for m in methods if m in SYNTHETIC), None),
-                       threshold="threshold" in methods)
+                       threshold="threshold" in methods, loss=cfg.train.loss, weights=b.weights,
+                       monitor=cfg.callbacks.monitor)
     log(f"train class counts: {_format_counts(counts)}; imbalance ratio {ratio:.2f}")
     if ratio >= WARN_RATIO and not methods:
         log(f"warning: the train split is imbalanced (ratio {ratio:.1f}); consider --balance oversample, "
             "class_weights or focal")
     _resolve_loss(cfg, counts, methods, binary, plan)
-    if plan.imbalanced and cfg.callbacks.monitor == "auto":
-        cfg.callbacks.monitor = ("val_roc_auc" if binary else "val_balanced_accuracy") if has_val \
-            else "balanced_accuracy"
-        plan.notes.append(f"imbalanced train split: checkpoints and early stopping follow {cfg.callbacks.monitor}")
+    if plan.imbalanced and plan.monitor == "auto":
+        plan.monitor = ("val_roc_auc" if binary else "val_balanced_accuracy") if has_val else "balanced_accuracy"
+        plan.notes.append(f"imbalanced train split: checkpoints and early stopping follow {plan.monitor}")
     if len(rebalancers) > 1:
         plan.notes.append(f"warning: double correction applied on purpose ({' + '.join(rebalancers)}, "
                           "balance.allow_double=true)")
@@ -370,31 +277,32 @@ def _format_counts(counts: np.ndarray) -> str:
 
 
 def _resolve_loss(cfg, counts: np.ndarray, methods: list[str], binary: bool, plan: BalancePlan) -> None:
+    """The plan's loss and class weights from cfg.balance and the train counts."""
     b = cfg.balance
     if b.weights is not None and "class_weights" not in methods and b.focal_alpha is None:
         if len(b.weights) != len(counts):
             raise CnnlabError(f"balance.weights has {len(b.weights)} values for {len(counts)} classes")
         plan.notes.append("class-weighted loss (balance.weights as given): " + ", ".join(f"{w:.3g}" for w in b.weights))
     if "focal" in methods:
-        if cfg.train.loss not in ("cross_entropy", "focal"):
+        if plan.loss not in ("cross_entropy", "focal"):
             raise CnnlabError(f"--balance focal replaces the cross-entropy loss; it cannot be combined with "
-                              f"--loss {cfg.train.loss}")
-        cfg.train.loss = "focal"
+                              f"--loss {plan.loss}")
+        plan.loss = "focal"
     if "class_weights" in methods:
         weights = compute_class_weights(counts, b.class_weights, b.beta)
-        b.weights = [round(float(w), 6) for w in weights]
+        plan.weights = [round(float(w), 6) for w in weights]
         plan.notes.append(f"class-weighted loss ({b.class_weights}" + (f", beta {b.beta}" if b.class_weights ==
-                          "effective" else "") + "): " + ", ".join(f"{w:.3g}" for w in b.weights))
-    if b.focal_alpha is not None and cfg.train.loss == "focal":
+                          "effective" else "") + "): " + ", ".join(f"{w:.3g}" for w in plan.weights))
+    if b.focal_alpha is not None and plan.loss == "focal":
         if not binary:
             raise CnnlabError("balance.focal_alpha is the positive-class weight of a two-class task; for more "
                               "classes combine focal with class_weights")
-        if b.weights is not None and "class_weights" in methods:
+        if plan.weights is not None and "class_weights" in methods:
             alpha = np.array([1 - b.focal_alpha, b.focal_alpha])
-            b.weights = [round(float(w), 6) for w in np.asarray(b.weights) * alpha * 2]
+            plan.weights = [round(float(w), 6) for w in np.asarray(plan.weights) * alpha * 2]
         else:
-            b.weights = [1 - b.focal_alpha, b.focal_alpha]
-    if cfg.train.loss == "focal":
+            plan.weights = [1 - b.focal_alpha, b.focal_alpha]
+    if plan.loss == "focal":
         plan.notes.append(f"focal loss (gamma {b.focal_gamma}" + (f", alpha {b.focal_alpha}" if b.focal_alpha
                           is not None else "") + ")")
 

@@ -12,7 +12,7 @@ import torch
 from cnnlab.errors import CnnlabError
 
 if TYPE_CHECKING:
-    from cnnlab.data.balance import Sampler
+    from cnnlab.data.samplers import Sampler
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:

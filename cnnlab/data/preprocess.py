@@ -9,22 +9,31 @@ Modes (DataConfig.normalize), all computed in [0, 1] pixel units:
   zca / pca     whitening, a linear map fitted on (a sample of) the training split; small images only
 
 Statistics are computed once on the training split. The per-channel ones live in config.yaml (data.mean,
-data.std); a whitening map is stored in the run folder as preprocess.safetensors and loaded by load_run, so
+data.std); a whitening map is stored in the run folder (cnnlab.runs.RunDir.PREPROCESS) and loaded by load_run, so
 evaluate and predict apply exactly what training applied.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 
+from cnnlab.config.schema import NORMALIZE_MODES
 from cnnlab.errors import CnnlabError
 
-NORMALIZE_MODES = ("standardize", "scale", "model", "zero_center", "per_image", "zca", "pca")
 WHITEN_MODES = ("zca", "pca")
 MAX_WHITEN_DIM = 4096  # C*H*W; the covariance is D x D (3x32x32 = 3072 fits)
-PREPROCESS_FILE = "preprocess.safetensors"
+
+
+@dataclass
+class Normalization:
+    """A resolved data.normalize: the mode, per-channel mean / std in [0, 1] units, or a fitted whitening map."""
+
+    mode: str
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    whitening: dict[str, torch.Tensor] | None = None
 
 
 def stats_indices(n: int, max_images: int = 20_000, image_values: int = 1, max_values: int = 50_000_000
@@ -85,7 +94,8 @@ class Preprocess:
         self.mode, self.channels_last = mode, channels_last
         if mode in WHITEN_MODES:
             if whitening is None:
-                raise CnnlabError(f"data.normalize={mode} needs its fitted map ({PREPROCESS_FILE} in the run folder)")
+                raise CnnlabError(f"data.normalize={mode} needs its fitted map (preprocess.safetensors in the run "
+                                  "folder)")
             self.white_mean = whitening["mean"].to(device)
             self.white_matrix_t = whitening["matrix"].to(device).T.contiguous()
             return
@@ -110,20 +120,3 @@ class Preprocess:
         if self.channels_last and out.dim() == 4:
             out = out.contiguous(memory_format=torch.channels_last)
         return out
-
-
-def save_preprocess(whitening: dict[str, torch.Tensor] | None, run_dir: Path) -> None:
-    """Write the fitted whitening map (if any) to the run folder."""
-    if whitening is not None:
-        from safetensors.torch import save_file
-
-        save_file({k: v.contiguous() for k, v in whitening.items()}, str(Path(run_dir) / PREPROCESS_FILE))
-
-
-def load_preprocess(run_dir: Path | None) -> dict[str, torch.Tensor] | None:
-    """The whitening map saved with a run, or None."""
-    if run_dir is None or not (Path(run_dir) / PREPROCESS_FILE).is_file():
-        return None
-    from safetensors.torch import load_file
-
-    return load_file(str(Path(run_dir) / PREPROCESS_FILE))

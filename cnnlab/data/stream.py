@@ -24,7 +24,7 @@ from cnnlab.data.readers import DataSource, Split
 from cnnlab.errors import CnnlabError
 
 if TYPE_CHECKING:
-    from cnnlab.data.balance import Sampler as BalanceSampler
+    from cnnlab.data.samplers import Sampler as BalanceSampler
 
 
 class DecodeDataset(Dataset):
