@@ -17,8 +17,8 @@ from cnnlab.train.callbacks import (
     StopOnTarget,
     TensorBoard,
 )
-from cnnlab.train.loop import Trainer
 from cnnlab.train.optim import create_scheduler
+from cnnlab.train.trainer import Trainer
 
 
 def make_trainer(callbacks) -> Trainer:

@@ -15,9 +15,9 @@ import cnnlab
 from cnnlab.errors import CnnlabError
 from cnnlab.train import checkpoint as ckpt
 from cnnlab.train.callbacks import Callback
-from cnnlab.train.faults import EventLog, forward_backward
-from cnnlab.train.loop import Trainer
+from cnnlab.train.faults import EventLog
 from cnnlab.train.state import check_state
+from cnnlab.train.trainer import Trainer
 
 STEPS_PER_EPOCH = 10  # 160 train images / batch 16
 
@@ -193,7 +193,7 @@ def test_split_batch_gives_the_full_batch_gradient():
     for parts in (1, 2, 3, 12):
         trainer.micro_batches = parts
         model.zero_grad(set_to_none=True)
-        loss, logits = forward_backward(trainer, x, y)
+        loss, logits = trainer.forward_backward(x, y)
         assert logits.shape == (12, 4)
         losses.append(float(loss))
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))

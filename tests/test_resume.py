@@ -14,7 +14,7 @@ import torch
 import cnnlab
 from cnnlab.cli import main
 from cnnlab.errors import CnnlabError
-from cnnlab.resume import remove_stale_temporaries
+from cnnlab.runs import RunDir
 from cnnlab.train.autosave import RunCheckpointer, TrainingInterrupted
 from cnnlab.train.callbacks import Callback
 
@@ -141,13 +141,17 @@ def test_resume_with_another_callback_list_is_refused(data, tmp_path):
 
 
 def test_second_ctrl_c_aborts_at_once_keeping_the_last_checkpoint(tmp_path):
-    checkpointer = RunCheckpointer(tmp_path)
+    checkpointer = RunCheckpointer(tmp_path, tmp_path / RunDir.STATE, tmp_path / RunDir.LAST)
     checkpointer.saved_at = (2, 0)
     checkpointer._on_sigint(2, None)
     assert checkpointer.interrupt_requested
     with pytest.raises(TrainingInterrupted, match=r"aborted; the last checkpoint \(end of epoch 2\) is kept; "
                                                   r"resume with: cnnlab train --resume"):
         checkpointer._on_sigint(2, None)
+
+
+def remove_stale_temporaries(path):
+    return RunDir(path).remove_stale_temporaries()
 
 
 def test_only_our_temporary_files_are_removed(tmp_path):

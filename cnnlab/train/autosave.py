@@ -1,10 +1,11 @@
 """Crash-safe checkpoints of a run: every epoch, every N steps when asked, and on Ctrl-C.
 
-RunCheckpointer is the last callback of a run. It writes `last_state.pt` (the full, self-contained training
-state, cnnlab.train.state) and `last.safetensors` (the weights, for evaluate / predict), both atomically, so a
-crash, SIGKILL or full disk leaves the previous pair intact. It keeps an in-memory copy of the last good state
-for NaN rollbacks (cnnlab.train.faults). The first Ctrl-C asks the loop to stop after the current step, save and
-raise TrainingInterrupted (exit 130 in the CLI); a second Ctrl-C aborts at once.
+RunCheckpointer is the last callback of a run. It writes the full, self-contained training state
+(cnnlab.train.state; `last_state.pt` in a run folder) and the weights (`last.safetensors`, for evaluate / predict),
+both atomically, so a crash, SIGKILL or full disk leaves the previous pair intact. The run folder (cnnlab.runs)
+gives it those paths. It keeps an in-memory copy of the last good state for NaN rollbacks (cnnlab.train.faults).
+The first Ctrl-C asks the loop to stop after the current step, save and raise TrainingInterrupted (exit 130 in the
+CLI); a second Ctrl-C aborts at once.
 """
 
 from __future__ import annotations
@@ -20,18 +21,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cnnlab.errors import CnnlabError
-from cnnlab.train.callbacks import Callback, TensorBoard
+from cnnlab.train.callbacks import Callback
 from cnnlab.train.checkpoint import save_state, save_weights
 from cnnlab.train.faults import EventLog, NonFiniteGuard
 from cnnlab.train.state import capture_state, restore_state
 
 if TYPE_CHECKING:
-    from cnnlab.train.loop import Trainer
-
-STATE_FILE = "last_state.pt"
-WEIGHTS_FILE = "last.safetensors"
-EVENTS_FILE = "events.jsonl"
-
+    from cnnlab.train.trainer import Trainer
 
 class TrainingInterrupted(KeyboardInterrupt):
     """Training stopped on Ctrl-C at a step boundary, after saving; the message says how to resume."""
@@ -44,20 +40,23 @@ def resume_command(run_dir: str | Path) -> str:
 class RunCheckpointer(Callback):
     """Saves the run's `last` checkpoint at epoch ends, every `every_steps` steps, and on Ctrl-C."""
 
-    def __init__(self, run_dir: str | Path, every_steps: int | None = None, events: EventLog | None = None) -> None:
+    def __init__(self, run_dir: str | Path, state_path: str | Path, weights_path: str | Path,
+                 every_steps: int | None = None, events: EventLog | None = None, nan_policy: str = "rollback",
+                 nan_retries: int = 3, nan_lr_factor: float = 0.5) -> None:
         if every_steps is not None and every_steps < 1:
             raise CnnlabError(f"--checkpoint-every must be a positive number of steps, got {every_steps}")
-        self.run_dir = Path(run_dir)
+        self.run_dir, self.state_path, self.weights_path = Path(run_dir), Path(state_path), Path(weights_path)
         self.every_steps = every_steps
-        self.events = events or EventLog(self.run_dir / EVENTS_FILE)
-        self.guard: NonFiniteGuard | None = None
+        self.events = events or EventLog(None)
+        # the Trainer's recovery from NaN / Inf (pass it as Trainer(recovery=...)); its state is saved with the run's
+        self.guard = NonFiniteGuard(self, nan_policy, nan_retries, nan_lr_factor, self.events)
         self.snapshot: dict[str, Any] | None = None  # the last good state, in memory (deep copy)
         self.saved_at: tuple[int, int] | None = None  # (epoch, step) of the checkpoint on disk
         self.interrupt_requested = False
 
     # -- state ---------------------------------------------------------------------------------------------
     def _extra(self) -> dict[str, Any]:
-        return {"faults": self.guard.state_dict() if self.guard is not None else {}}
+        return {"faults": self.guard.state_dict()}
 
     def start(self, state: dict[str, Any] | None = None, epochs: int = 0) -> tuple[int, int]:
         """Restore a loaded state (resume) or take the initial snapshot; returns (epoch, step) to start at
@@ -66,13 +65,9 @@ class RunCheckpointer(Callback):
             self.snapshot = copy.deepcopy(capture_state(self.trainer, 0, 0, self._extra()))
             return 0, 0
         self.snapshot = copy.deepcopy(state)  # before restoring: the optimizer keeps references into `state`
-        if self.guard is not None:
-            self.guard.load_state_dict(state.get("faults", {}))
+        self.guard.load_state_dict(state.get("faults", {}))
         position = restore_state(self.trainer, state)
         self.saved_at = position
-        for cb in self.trainer.callbacks:  # epochs after the checkpoint are logged again: drop the old events
-            if isinstance(cb, TensorBoard):
-                cb.purge_step = len(state["history"]) + 1
         if state.get("stop_training"):
             return max(position[0], epochs), 0
         return position
@@ -81,8 +76,8 @@ class RunCheckpointer(Callback):
         """Write the state at (epoch, step) and the weights; keep a copy in memory for rollbacks."""
         state = capture_state(self.trainer, epoch, step, self._extra())
         try:
-            save_state(state, self.run_dir / STATE_FILE)
-            save_weights(self.trainer.model, self.run_dir / WEIGHTS_FILE)
+            save_state(state, self.state_path)
+            save_weights(self.trainer.model, self.weights_path)
         except CnnlabError as e:
             self.events.write("save_failed", epoch=epoch + 1, step=step, error=str(e))
             raise CnnlabError(f"{e}; {self.kept()}") from None
@@ -107,8 +102,8 @@ class RunCheckpointer(Callback):
                 self.save(*position)
             self.stop_interrupted()
 
-    def save_epoch(self, epoch: int) -> None:
-        """Trainer.fit's on_epoch_saved: the `last` checkpoint at the end of every epoch."""
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
+        """The `last` checkpoint at the end of every epoch, after every other callback's on_epoch_end."""
         self.save(epoch + 1, 0)
         trainer = self.trainer
         if self.interrupt_requested and epoch + 1 < trainer.epochs and not trainer.stop_training:
@@ -141,16 +136,3 @@ class RunCheckpointer(Callback):
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
-
-
-def attach_checkpointer(trainer: Trainer, run_dir: str | Path, every_steps: int | None = None,
-                        nan_policy: str = "rollback", nan_retries: int = 3,
-                        nan_lr_factor: float = 0.5) -> RunCheckpointer:
-    """Add the RunCheckpointer as the trainer's last callback and install the NaN guard and event log."""
-    checkpointer = RunCheckpointer(run_dir, every_steps)
-    checkpointer.guard = NonFiniteGuard(checkpointer, nan_policy, nan_retries, nan_lr_factor, checkpointer.events)
-    checkpointer.set_trainer(trainer)
-    trainer.callbacks.append(checkpointer)
-    trainer.fault_guard = checkpointer.guard
-    trainer.events = checkpointer.events
-    return checkpointer

@@ -1,9 +1,11 @@
 """Callbacks with Keras's names and behaviour: ModelCheckpoint, EarlyStopping, ReduceLROnPlateau, CSVLogger,
 TensorBoard, plus StopOnTarget ("repeat until the accuracy is good enough") and the progress display.
 
-A callback sees the Trainer (`self.trainer`), gets a `logs` dict of metrics at each hook, and stops training
-by setting `trainer.stop_training = True`. Callbacks that carry state across epochs (best value, patience
-counters) expose state_dict / load_state_dict so a resumed run continues exactly.
+A callback sees the Trainer (`self.trainer`), gets a `logs` dict at each hook (on_train_batch_end: the step's
+`loss`, a 0-d tensor on the device, and `lr`; on_epoch_end: the epoch's metrics), and stops training by setting
+`trainer.stop_training = True`. Callbacks that carry state across epochs (best value, patience counters) expose
+state_dict / load_state_dict so a resumed run continues exactly. The callbacks a config asks for are built by
+the factories at the end of this module (`from_config`).
 """
 
 from __future__ import annotations
@@ -13,13 +15,16 @@ import math
 import sys
 import time
 import types
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cnnlab.errors import CnnlabError
 
 if TYPE_CHECKING:
-    from cnnlab.train.loop import Trainer
+    from cnnlab.config import Config
+    from cnnlab.train.trainer import Trainer
 
 
 class Callback:
@@ -257,10 +262,12 @@ class TensorBoard(Callback):
 
     def __init__(self, log_dir: str | Path, purge_step: int | None = None) -> None:
         self.log_dir = Path(log_dir)
-        self.purge_step = purge_step  # a resumed run drops events from this epoch on (written before a crash)
+        self.purge_step = purge_step  # drop events from this epoch on (default: after the restored history)
         self.writer = None
 
     def on_train_begin(self, logs: dict[str, Any]) -> None:
+        if self.purge_step is None and self.trainer.history:  # resumed: epochs after the checkpoint are logged again
+            self.purge_step = len(self.trainer.history) + 1
         # TensorBoard's own switch to its TF stub: writing scalars needs no TensorFlow, and importing it
         # (when installed) costs seconds and floods the log.
         sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
@@ -334,3 +341,76 @@ class ProgressBar(Callback):
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the callbacks a run's config asks for: one factory per callback, in a fixed order (their states are saved in
+# that order, so a new factory goes at the end). A new built-in callback with a flag is its class and factory
+# here plus its option line in cnnlab/config/schema.py.
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a factory may use: the resolved config, the monitored metric, and the run folder (cnnlab.runs.RunDir)."""
+
+    cfg: Config
+    monitor: str
+    has_val: bool
+    resuming: bool
+    run: Any  # RunDir: paths as run.file(run.BEST)
+
+
+CONFIG_CALLBACKS: list[Callable[[RunContext], Callback | None]] = []
+
+
+def from_config(factory: Callable[[RunContext], Callback | None]) -> Callable[[RunContext], Callback | None]:
+    """Register a factory that builds a callback from the config (or returns None when the config does not ask)."""
+    CONFIG_CALLBACKS.append(factory)
+    return factory
+
+
+def build_callbacks(ctx: RunContext) -> list[Callback]:
+    """The callbacks the config asks for, in registration order."""
+    return [cb for factory in CONFIG_CALLBACKS if (cb := factory(ctx)) is not None]
+
+
+@from_config
+def progress_bar(ctx: RunContext) -> Callback:
+    return ProgressBar(quiet=ctx.cfg.verbose != 1)
+
+
+@from_config
+def model_checkpoint(ctx: RunContext) -> Callback | None:
+    return ModelCheckpoint(ctx.run.file(ctx.run.BEST), monitor=ctx.monitor) if ctx.cfg.callbacks.checkpoint else None
+
+
+@from_config
+def early_stopping(ctx: RunContext) -> Callback | None:
+    c = ctx.cfg.callbacks
+    if c.early_stopping is None:
+        return None
+    return EarlyStopping(monitor=ctx.monitor, patience=c.early_stopping, restore_best_weights=c.restore_best)
+
+
+@from_config
+def reduce_lr_on_plateau(ctx: RunContext) -> Callback | None:
+    c = ctx.cfg.callbacks
+    if c.reduce_lr is None:
+        return None
+    return ReduceLROnPlateau(monitor=ctx.monitor, factor=c.reduce_lr_factor, patience=c.reduce_lr, min_lr=c.min_lr)
+
+
+@from_config
+def stop_on_target(ctx: RunContext) -> Callback | None:
+    target = ctx.cfg.callbacks.target
+    return StopOnTarget(target, monitor=ctx.monitor) if target is not None else None
+
+
+@from_config
+def csv_logger(ctx: RunContext) -> Callback | None:
+    return CSVLogger(ctx.run.file(ctx.run.METRICS_CSV), append=ctx.resuming) if ctx.cfg.callbacks.csv else None
+
+
+@from_config
+def tensorboard(ctx: RunContext) -> Callback | None:
+    return TensorBoard(ctx.run.file(ctx.run.TENSORBOARD)) if ctx.cfg.callbacks.tensorboard else None

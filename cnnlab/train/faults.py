@@ -1,12 +1,13 @@
-"""Numerical and memory faults inside a training step, and the run's event log.
+"""Numerical and memory faults of a training step, the recovery from them, and the run's event log.
 
 - A NaN / Inf loss or gradient is caught before optimizer.step (every step on the CPU, every 50 on GPUs, where
-  a check costs a host sync). Policy `rollback` (default): put back the last good state (kept in memory by the
+  a check costs a host sync): the Trainer raises NonFiniteLoss and hands it to its `recovery`. NonFiniteGuard is
+  that recovery. Policy `rollback` (default): put back the last good state (kept in memory by the
   RunCheckpointer), multiply the learning rate by `lr_factor`, and continue, at most `retries` times; then stop
   with advice. Policy `stop`: stop with advice at once.
-- CUDA out-of-memory: the batch is split into 2, 4, ... parts whose gradients are accumulated (loss of each part
-  weighted by its share), so the effective batch and the update are those of the full batch.
-- Running out of CPU memory: a CnnlabError about the memory budget instead of a traceback.
+- CUDA out-of-memory: the Trainer splits the batch into 2, 4, ... parts whose gradients are accumulated
+  (Trainer.forward_backward); `oom_split` is logged here.
+- Running out of CPU memory: a CnnlabError about the memory budget instead of a traceback (`cpu_oom_error`).
 Every event is appended to events.jsonl in the run folder.
 """
 
@@ -17,18 +18,25 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError
+from cnnlab.train.state import restore_state
 
 if TYPE_CHECKING:
     from cnnlab.train.autosave import RunCheckpointer
-    from cnnlab.train.loop import Trainer
 
 NAN_POLICIES = ("rollback", "stop")
+
+
+class Recovery(Protocol):
+    """What a Trainer hands a NonFiniteLoss to (its `recovery`): restore a good state, or raise."""
+
+    def recover(self, error: NonFiniteLoss) -> int:
+        """Restore the last good state of the current epoch; return the step of the epoch to continue from."""
 
 
 class EventLog:
@@ -74,19 +82,23 @@ def total_grad_norm(params: list[nn.Parameter]) -> torch.Tensor | None:
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).float())
 
 
-def raise_if_nonfinite(trainer: Trainer, loss: torch.Tensor, grad_norm: torch.Tensor | None, step: int) -> None:
-    """One host sync: raise NonFiniteLoss when the loss (or, without fp16 loss scaling, a gradient) is NaN/Inf."""
+def check_finite(loss: torch.Tensor, grad_norm: torch.Tensor | None, params: list[nn.Parameter] | None,
+                 epoch: int, step: int, lr: float) -> None:
+    """One host sync: raise NonFiniteLoss when the loss or the gradient norm is NaN / Inf.
+
+    `params`: where to take the gradient norm from when `grad_norm` is None; None skips the gradient check (with
+    fp16 the GradScaler itself skips steps with overflowed gradients).
+    """
     bad = ~torch.isfinite(loss.detach())
-    if trainer.scaler is None:  # with fp16 the GradScaler itself skips steps with overflowed gradients
+    if params is not None:
         if grad_norm is None:
-            grad_norm = total_grad_norm([p for p in trainer.model.parameters() if p.requires_grad])
+            grad_norm = total_grad_norm(params)
         if grad_norm is not None:
             bad = bad | ~torch.isfinite(grad_norm)
     if bool(bad):
-        lr = trainer.optimizer.param_groups[0]["lr"]
         finite_loss = bool(torch.isfinite(loss.detach()))
         what, value = ("gradient norm", float(grad_norm.detach())) if finite_loss else ("loss", float(loss.detach()))
-        raise NonFiniteLoss(what, value, trainer.epoch, step, lr)
+        raise NonFiniteLoss(what, value, epoch, step, lr)
 
 
 class NonFiniteGuard:
@@ -104,7 +116,7 @@ class NonFiniteGuard:
         self.count = 0  # events so far in this run (saved in checkpoints, survives a resume)
         self.lr_scale = 1.0  # product of the reductions so far
 
-    def rollback(self, error: NonFiniteLoss) -> int:
+    def recover(self, error: NonFiniteLoss) -> int:
         """Restore the last good state of the current epoch and lower the learning rate; returns the step to
         continue from. Raises CnnlabError with advice once the retries are used up."""
         trainer = self.checkpointer.trainer
@@ -120,7 +132,7 @@ class NonFiniteGuard:
         if int(snapshot["epoch"]) != error.epoch:
             raise CnnlabError(f"internal: the last good state is from epoch {snapshot['epoch'] + 1}, not "
                               f"{error.epoch + 1}") from None
-        _, step = _restore_copy(trainer, snapshot)
+        _, step = restore_state(trainer, copy.deepcopy(snapshot))
         self.lr_scale *= self.lr_factor
         old = trainer.base_lrs()[0]
         new = trainer.scale_lr(self.lr_scale / snapshot.get("faults", {}).get("lr_scale", 1.0))
@@ -138,80 +150,31 @@ class NonFiniteGuard:
         self.count, self.lr_scale = int(state.get("count", 0)), float(state.get("lr_scale", 1.0))
 
 
-def _restore_copy(trainer: Trainer, snapshot: dict[str, Any]) -> tuple[int, int]:
-    from cnnlab.train.state import restore_state
-
-    epoch, step = restore_state(trainer, copy.deepcopy(snapshot))
-    acc = trainer._train_metrics
-    acc.reset()
-    if step > 0 and trainer.resume_metrics is not None:
-        acc.load_state_dict(trainer.resume_metrics)
-    trainer.resume_metrics = None
-    return epoch, step
-
-
 # ------------------------------------------------------------------------------------------------------------
 # memory
 
 
-def _is_cpu_oom(error: BaseException) -> bool:
+def is_cpu_oom(error: BaseException) -> bool:
     if isinstance(error, MemoryError):
         return True
     text = str(error).lower()
     return "can't allocate memory" in text or "not enough memory" in text or "failed to allocate" in text
 
 
-def _forward_backward_parts(trainer: Trainer, x: torch.Tensor, target: torch.Tensor,
-                            parts: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward and backward of one batch in `parts` chunks; gradients accumulate to those of the whole batch."""
-    if parts == 1:
-        with trainer.autocast():
-            loss, logits = trainer.compute_loss(trainer.model(x), target)
-        (trainer.scaler.scale(loss) if trainer.scaler is not None else loss).backward()
-        return loss, logits
-    n = x.shape[0]
-    size = math.ceil(n / parts)
-    losses, all_logits = [], []
-    for lo in range(0, n, size):
-        xc, tc = x[lo : lo + size], target[lo : lo + size]
-        with trainer.autocast():
-            loss, logits = trainer.compute_loss(trainer.model(xc), tc)
-        share = xc.shape[0] / n
-        (trainer.scaler.scale(loss * share) if trainer.scaler is not None else loss * share).backward()
-        losses.append(loss.detach().float() * share)
-        all_logits.append(logits.detach())
-    return torch.stack(losses).sum(), torch.cat(all_logits)
+def cpu_oom_error(batch: int, shape: tuple[int, ...]) -> CnnlabError:
+    return CnnlabError(f"out of memory in a training step at batch size {batch} ({shape} images): lower "
+                       "--batch-size or --image-size, use a smaller model, or lower --set data.memory_budget_mb so "
+                       "less data is held in memory")
 
 
-def forward_backward(trainer: Trainer, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Loss and logits of the batch with gradients accumulated; on CUDA out-of-memory the batch is split."""
-    while True:
-        try:
-            return _forward_backward_parts(trainer, x, target, trainer.micro_batches)
-        except torch.cuda.OutOfMemoryError:
-            pass  # leave the except block first so the failed attempt's tensors are freed
-        except (RuntimeError, MemoryError) as e:
-            if _is_cpu_oom(e):
-                raise CnnlabError(
-                    f"out of memory in a training step at batch size {x.shape[0]} "
-                    f"({tuple(x.shape[1:])} images): lower --batch-size or --image-size, use a smaller model, "
-                    "or lower --set data.memory_budget_mb so less data is held in memory") from None
-            raise
-        trainer.optimizer.zero_grad(set_to_none=True)
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        split_batch(trainer, x.shape[0])
-
-
-def split_batch(trainer: Trainer, batch: int) -> None:
-    """Double the number of parts each batch is split into, or stop when a part would be under one image."""
-    parts = trainer.micro_batches * 2
-    if parts > batch:
+def split_parts(parts: int, batch: int) -> int:
+    """The next number of parts after a CUDA out-of-memory, or an error when a part would be under one image."""
+    if parts * 2 > batch:
         raise CnnlabError(f"out of GPU memory even with one image per forward pass (batch {batch}): use a smaller "
                           "--image-size or model, or --precision bf16")
-    trainer.micro_batches = parts
-    events = getattr(trainer, "events", None)
-    if events is not None:
-        events.write("oom_split", batch=batch, parts=parts)
-    trainer.log(f"warning: CUDA out of memory at batch size {batch}: splitting each batch into {parts} parts of "
-                f"{math.ceil(batch / parts)} (gradient accumulation keeps the effective batch of {batch})")
+    return parts * 2
+
+
+def oom_split_message(batch: int, parts: int) -> str:
+    return (f"warning: CUDA out of memory at batch size {batch}: splitting each batch into {parts} parts of "
+            f"{math.ceil(batch / parts)} (gradient accumulation keeps the effective batch of {batch})")

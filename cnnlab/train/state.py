@@ -18,7 +18,7 @@ import torch
 from cnnlab.errors import CnnlabError
 
 if TYPE_CHECKING:
-    from cnnlab.train.loop import Trainer
+    from cnnlab.train.trainer import Trainer
 
 FORMAT = 2  # version of the state dict layout; 1 was the weights-less epoch state of the first release
 
@@ -53,7 +53,7 @@ def capture_state(trainer: Trainer, epoch: int, step: int, extra: dict[str, Any]
 
     The returned tensors may alias live ones: torch.save it, or copy.deepcopy it to keep it in memory.
     """
-    metrics = trainer._train_metrics
+    metrics = trainer.train_metrics
     return {
         "format": FORMAT, "epoch": epoch, "step": step, "global_step": trainer.global_step,
         "model": {k: v.detach() for k, v in trainer.model.state_dict().items()},

@@ -1,14 +1,20 @@
-"""The training loop: forward -> loss -> backward -> optimizer step, with the callback calls written inline.
+"""The training loop: preprocess -> augment -> forward -> loss -> backward -> clip -> step, callbacks inline.
 
-One Trainer runs fit / evaluate / predict on tensors. Everything random in an epoch derives from
-(seed, epoch), so a run resumed from its last checkpoint replays the same batches.
+One Trainer runs `fit` (epochs of `train_step`) and evaluates through its Predictor. Everything random in an epoch
+derives from (seed, epoch), so a run resumed from its last checkpoint replays the same batches.
+
+What hooks in, and how:
+- callbacks (cnnlab.train.callbacks.Callback): on_train_begin, on_epoch_begin, on_train_batch_end (logs: loss, lr),
+  on_epoch_end (the epoch's metrics), on_train_end; a callback stops training with `trainer.stop_training = True`.
+  Checkpointing is a callback (cnnlab.train.autosave.RunCheckpointer, always the last one).
+- `recovery` (cnnlab.train.faults.Recovery): a NaN / Inf loss or gradient raises NonFiniteLoss before the update;
+  the recovery restores a good state and says where to continue, or raises.
+- CUDA out-of-memory: `forward_backward` splits the batch into 2, 4, ... parts and accumulates their gradients.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,8 +28,18 @@ from cnnlab.data.loader import TensorBatches
 from cnnlab.errors import CnnlabError
 from cnnlab.train.callbacks import Callback
 from cnnlab.train.checkpoint import save_weights
-from cnnlab.train.faults import NonFiniteLoss, forward_backward, raise_if_nonfinite
-from cnnlab.train.metrics import MetricAccumulator, binary_scores
+from cnnlab.train.faults import (
+    EventLog,
+    NonFiniteLoss,
+    Recovery,
+    check_finite,
+    cpu_oom_error,
+    is_cpu_oom,
+    oom_split_message,
+    split_parts,
+)
+from cnnlab.train.metrics import MetricAccumulator
+from cnnlab.train.predictor import Predictor, autocast, main_output
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -66,36 +82,34 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 class Trainer:
-    """Holds the model, loss, optimizer, schedule and callbacks of one run."""
+    """Holds the model, loss, optimizer, schedule and callbacks of one run, and runs its epochs."""
 
-    def __init__(self, model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer | None, *,
+    def __init__(self, model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer, *,
                  num_classes: int, preprocess: Callable[[torch.Tensor], torch.Tensor],
                  augment: Callable[[torch.Tensor, torch.Tensor], tuple] | None = None,
                  device: torch.device, precision: str = "fp32", callbacks: list[Callback] | None = None,
                  top_k: int = 5, regression: bool = False, grad_clip: float | None = None,
-                 console: Console | None = None) -> None:
-        self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
+                 console: Console | None = None, scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+                 recovery: Recovery | None = None, events: EventLog | None = None,
+                 headline_metrics: list[str] | None = None) -> None:
+        self.model, self.loss_fn, self.optimizer, self.scheduler = model, loss_fn, optimizer, scheduler
         self.num_classes = num_classes
         self.preprocess, self.augment = preprocess, augment
         self.device, self.precision = device, precision
         self.callbacks = list(callbacks or [])
-        self.top_k, self.regression, self.grad_clip = top_k, regression, grad_clip
+        self.grad_clip = grad_clip
         self.console = console or Console(stderr=False, highlight=False)
-        self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+        self.recovery, self.events = recovery, events or EventLog(None)
+        self.headline_metrics = list(headline_metrics or [])  # extra metrics in the epoch line (e.g. val_roc_auc)
+        self.predictor = Predictor(model, preprocess, device, precision, num_classes=num_classes, loss_fn=loss_fn,
+                                   top_k=top_k, regression=regression)
         self.scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
         self.stop_training = False
-        self.epoch = 0
-        self.epochs = 0
-        self.global_step = 0
-        self.steps_per_epoch = 0
+        self.epoch = self.epochs = self.global_step = self.steps_per_epoch = 0
         self.history: list[dict[str, Any]] = []
-        self.headline_metrics: list[str] = []  # extra metrics shown in the epoch line (e.g. val_roc_auc)
-        self.decision_threshold: float | None = None  # two classes: predict 1 when P(1) >= this (else argmax)
-        self._train_metrics: MetricAccumulator | None = None
+        self.train_metrics = MetricAccumulator(num_classes, device, top_k, regression)
         self.resume_metrics: dict | None = None  # partial train metrics of the epoch being resumed
-        self.micro_batches = 1  # parts each batch is split into after a CUDA out-of-memory (cnnlab.train.faults)
-        self.fault_guard = None  # NonFiniteGuard: rolls back after a NaN / Inf (set by the run's checkpointer)
-        self.events = None  # EventLog of the run folder
+        self.micro_batches = 1  # parts each batch is split into after a CUDA out-of-memory
         for cb in self.callbacks:
             cb.set_trainer(self)
 
@@ -122,42 +136,32 @@ class Trainer:
         return new[0]
 
     def running_metrics(self) -> dict[str, float]:
-        acc = self._train_metrics
-        if acc is None or acc.count == 0:
+        acc = self.train_metrics
+        if acc.count == 0:
             return {}
         return {"loss": float(acc.loss_sum) / acc.count,
                 "accuracy": float(acc.confusion.view(self.num_classes, -1).diag().sum()) / acc.count}
 
-    def autocast(self):
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
 
     # -- one step --------------------------------------------------------------------------------------------
-    def compute_loss(self, output: Any, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Loss and main logits. A tuple output is (logits, *auxiliary logits), e.g. GoogLeNet's aux heads."""
-        if isinstance(output, (tuple, list)):
-            logits, aux = output[0], output[1:]
-            weight = getattr(self.model, "aux_loss_weight", 0.3)
-            loss = self.loss_fn(logits, target) + weight * sum(self.loss_fn(a, target) for a in aux)
-            return loss, logits
-        return self.loss_fn(output, target), output
-
     def train_step(self, xb: torch.Tensor, yb: torch.Tensor,
                    check_step: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One update. With `check_step`, a NaN / Inf loss or gradient raises NonFiniteLoss before the update."""
-        x = self.preprocess(xb)
+        x = self.preprocess(xb)  # uint8 (B, C, H, W) -> normalised float on the device
         target: torch.Tensor = yb
         if self.augment is not None:
-            x, target = self.augment(x, yb)
+            x, target = self.augment(x, yb)  # mixup / cutmix: soft targets
         self.optimizer.zero_grad(set_to_none=True)
-        loss, logits = forward_backward(self, x, target)  # splits the batch on CUDA out-of-memory
+        loss, logits = self.forward_backward(x, target)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip) if self.grad_clip else None
         if check_step is not None:
-            raise_if_nonfinite(self, loss, grad_norm, check_step)
+            params = [p for p in self.model.parameters() if p.requires_grad] if self.scaler is None else None
+            check_finite(loss, grad_norm, params, self.epoch, check_step, self.lr)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -167,16 +171,60 @@ class Trainer:
             self.scheduler.step()
         return loss.detach(), logits.detach(), yb
 
-    # -- fit / evaluate / predict ----------------------------------------------------------------------------
+    def compute_loss(self, output: Any, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss and main logits. A tuple output is (logits, *auxiliary logits), e.g. GoogLeNet's aux heads."""
+        if isinstance(output, (tuple, list)):
+            logits, aux = output[0], output[1:]
+            weight = getattr(self.model, "aux_loss_weight", 0.3)
+            loss = self.loss_fn(logits, target) + weight * sum(self.loss_fn(a, target) for a in aux)
+            return loss, logits
+        return self.loss_fn(output, target), main_output(output)
+
+    def forward_backward(self, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss and logits of the batch with its gradients accumulated; on CUDA out-of-memory the batch is split
+        into 2, 4, ... parts (`micro_batches`, kept for the rest of the run), so the update stays the full batch's."""
+        while True:
+            try:
+                return self._forward_backward_parts(x, target, self.micro_batches)
+            except torch.cuda.OutOfMemoryError:
+                pass  # leave the except block first so the failed attempt's tensors are freed
+            except (RuntimeError, MemoryError) as e:
+                if is_cpu_oom(e):
+                    raise cpu_oom_error(x.shape[0], tuple(x.shape[1:])) from None
+                raise
+            self.optimizer.zero_grad(set_to_none=True)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            self.micro_batches = split_parts(self.micro_batches, x.shape[0])
+            self.events.write("oom_split", batch=x.shape[0], parts=self.micro_batches)
+            self.log(oom_split_message(x.shape[0], self.micro_batches))
+
+    def _forward_backward_parts(self, x: torch.Tensor, target: torch.Tensor,
+                                parts: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if parts == 1:
+            with autocast(self.device, self.precision):
+                loss, logits = self.compute_loss(self.model(x), target)
+            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+            return loss, logits
+        n = x.shape[0]
+        size = math.ceil(n / parts)
+        losses, all_logits = [], []
+        for lo in range(0, n, size):
+            xc, tc = x[lo : lo + size], target[lo : lo + size]
+            with autocast(self.device, self.precision):
+                loss, logits = self.compute_loss(self.model(xc), tc)
+            share = xc.shape[0] / n  # each part's mean loss weighted by its share: the gradient of the whole batch
+            (self.scaler.scale(loss * share) if self.scaler is not None else loss * share).backward()
+            losses.append(loss.detach().float() * share)
+            all_logits.append(logits.detach())
+        return torch.stack(losses).sum(), torch.cat(all_logits)
+
+    # -- epochs ----------------------------------------------------------------------------------------------
     def fit(self, train: TensorBatches, val: TensorBatches | None, epochs: int, start_epoch: int = 0,
-            start_step: int = 0, on_epoch_saved: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+            start_step: int = 0) -> list[dict[str, Any]]:
         """Train for `epochs` epochs (from `start_epoch`, `start_step` when resuming); returns the history."""
-        if self.optimizer is None:
-            raise CnnlabError("this model was loaded for evaluation and prediction (load_run) and has no optimizer: "
-                              "to train from its weights, use cnnlab.fit(..., weights='RUN/best.safetensors')")
         self.epochs, self.steps_per_epoch = epochs, len(train)
         self.stop_training = False
-        self._train_metrics = MetricAccumulator(self.num_classes, self.device, self.top_k, self.regression)
         logs: dict[str, Any] = {}
         for cb in self.callbacks:
             cb.on_train_begin(logs)
@@ -192,8 +240,6 @@ class Trainer:
                 self.history.append(logs)
                 for cb in self.callbacks:
                     cb.on_epoch_end(epoch, logs)
-                if on_epoch_saved is not None:
-                    on_epoch_saved(epoch)
                 if self.stop_training:
                     break
         finally:
@@ -203,91 +249,43 @@ class Trainer:
 
     def train_epoch(self, train: TensorBatches, epoch: int, start_step: int = 0) -> dict[str, Any]:
         self.model.train()
-        acc = self._train_metrics
-        acc.reset()
-        if start_step and self.resume_metrics is not None:  # the first part of this epoch ran before a resume
-            acc.load_state_dict(self.resume_metrics)
-        self.resume_metrics = None
+        self._reset_epoch_metrics(start_step)
         t0 = time.perf_counter()
         while True:
             try:
                 self._train_steps(train, epoch, start_step)
                 break
             except NonFiniteLoss as e:
-                if self.fault_guard is None:
+                if self.recovery is None:
                     raise
-                start_step = self.fault_guard.rollback(e)  # last good state of this epoch, lower lr
-        logs = acc.compute()
+                start_step = self.recovery.recover(e)  # the last good state of this epoch, a lower lr
+                self._reset_epoch_metrics(start_step)
+        logs = self.train_metrics.compute()
         logs["epoch"] = epoch + 1
-        logs["lr"] = self.optimizer.param_groups[0]["lr"]
+        logs["lr"] = self.lr
         logs["time"] = time.perf_counter() - t0
         return logs
 
+    def _reset_epoch_metrics(self, start_step: int) -> None:
+        """Zero the epoch's train metrics, or continue those saved with a state that resumes mid-epoch."""
+        self.train_metrics.reset()
+        if start_step and self.resume_metrics is not None:
+            self.train_metrics.load_state_dict(self.resume_metrics)
+        self.resume_metrics = None
+
     def _train_steps(self, train: TensorBatches, epoch: int, start_step: int) -> None:
-        acc = self._train_metrics
+        acc = self.train_metrics
         check_every = 1 if self.device.type == "cpu" else 50  # avoid a host sync per step on GPUs
         for step, (xb, yb) in enumerate(train.batches(epoch, start_step), start=start_step):
             loss, logits, target = self.train_step(xb, yb, step if step % check_every == 0 else None)
             acc.update(logits, target, loss)
             self.global_step += 1
+            logs = {"loss": loss, "lr": self.lr}  # loss: a 0-d tensor on the device (float() it: a sync on GPUs)
             for cb in self.callbacks:
-                cb.on_train_batch_end(step, {})
+                cb.on_train_batch_end(step, logs)
         if acc.count and not math.isfinite(float(acc.loss_sum)):  # GPUs check steps sparsely: catch it here
-            raise NonFiniteLoss("loss", float(acc.loss_sum) / acc.count, epoch, len(train) - 1,
-                                self.optimizer.param_groups[0]["lr"])
+            raise NonFiniteLoss("loss", float(acc.loss_sum) / acc.count, epoch, len(train) - 1, self.lr)
 
-    @torch.no_grad()
     def evaluate(self, data: TensorBatches, prefix: str = "val_") -> tuple[dict[str, float], list[list[int]]]:
         """Metrics with `prefix` and the confusion matrix over all of `data`."""
-        self.model.eval()
-        acc = MetricAccumulator(self.num_classes, self.device, self.top_k, self.regression)
-        binary = self.num_classes == 2
-        scores, targets = [], []  # two classes: P(class 1) for ROC AUC / PR AUC
-        for xb, yb in data.batches():
-            with self.autocast():
-                out = self.model(self.preprocess(xb))
-                if isinstance(out, (tuple, list)):
-                    out = out[0]
-                loss = self.loss_fn(out, yb)
-            pred = None
-            if binary:
-                probs = self.probabilities(out)
-                scores.append(probs[:, 1])
-                targets.append(yb)
-                pred = self.decide(probs)
-            acc.update(out.float(), yb, loss, pred)
-        logs = acc.compute(prefix)
-        if binary and scores:
-            logs.update(binary_scores(torch.cat(targets), torch.cat(scores), prefix))
-        return logs, acc.confusion_matrix()
-
-    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        """Class probabilities (B, C) from logits: softmax, or normalised sigmoids for the bce loss."""
-        if getattr(self.loss_fn, "kind", None) == "bce":
-            probs = logits.float().sigmoid()
-            return probs / probs.sum(dim=1, keepdim=True).clamp_min(1e-12)
-        return logits.float().softmax(dim=1)
-
-    def decide(self, probs: torch.Tensor) -> torch.Tensor:
-        """Predicted classes (B,): argmax, or for two classes with a decision threshold, P(1) >= threshold."""
-        if self.decision_threshold is not None and probs.shape[1] == 2:
-            return (probs[:, 1] >= self.decision_threshold).long()
-        return probs.argmax(dim=1)
-
-    @torch.no_grad()
-    def predict_proba(self, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-        """Class probabilities (N, C) for uint8 images (N, C, H, W)."""
-        self.model.eval()
-        out = []
-        for lo in range(0, len(x), batch_size):
-            xb = x[lo : lo + batch_size].to(self.device)
-            with self.autocast():
-                logits = self.model(self.preprocess(xb))
-                if isinstance(logits, (tuple, list)):
-                    logits = logits[0]
-            out.append(self.probabilities(logits).cpu())
-        return torch.cat(out) if out else torch.empty(0, self.num_classes)
-
-
-def is_interactive() -> bool:
-    return sys.stdout.isatty()
+        return self.predictor.evaluate(data, prefix)
