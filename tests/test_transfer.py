@@ -17,9 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 
+import cnnlab
 import cnnlab.transfer as transfer
-from cnnlab.api import fit, load_run
+from cnnlab.api import fit
 from cnnlab.errors import CnnlabError
+from cnnlab.inference import load_run
 from cnnlab.models import create_model
 from cnnlab.models.weights import load_weights, read_state_dict
 from tests.conftest import REPO, dataset_path, run_cli
@@ -47,7 +49,7 @@ def small_cats(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv(transfer.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv("CNNLAB_CACHE_DIR", str(tmp_path / "cache"))
     return tmp_path / "cache" / "features"
 
 
@@ -179,7 +181,7 @@ def test_feature_cache_is_reused_by_a_second_run_with_another_head(small_cats, w
                                                                    monkeypatch):
     calls = []
     original = transfer.pooled_features
-    monkeypatch.setattr(transfer, "pooled_features", lambda m, x: calls.append(len(x)) or original(m, x))
+    monkeypatch.setattr(transfer.features, "pooled_features", lambda m, x: calls.append(len(x)) or original(m, x))
     first = _fit(small_cats, weights, tmp_path / "a", strategy="feature-extract", epochs=5)
     assert sum(calls) == 80 + 40  # every train and val image once
     files = list(cache.iterdir())
@@ -220,13 +222,13 @@ def test_feature_extract_run_folder_holds_the_full_model(small_cats, weights, tm
 
 
 def test_extracted_features_are_usable_outside_fit(small_cats, weights, cache):
-    fs = transfer.compute_features(str(small_cats), model="mobilenet_v1", model_kwargs=MNV1, weights=str(weights),
+    fs = cnnlab.compute_features(str(small_cats), model="mobilenet_v1", model_kwargs=MNV1, weights=str(weights),
                                    image_size=96, precision="fp32", verbose=0)
     assert fs.x["train"].shape == (80, 256) and fs.y["val"].shape == (40,)
     w, b = transfer.fit_logreg_head(fs.x["train"], fs.y["train"], 2)
     acc = ((fs.x["val"] @ w.T + b).argmax(1) == fs.y["val"]).float().mean()
     assert acc >= 0.7
-    assert transfer.compute_features(str(small_cats), model="mobilenet_v1", model_kwargs=MNV1,
+    assert cnnlab.compute_features(str(small_cats), model="mobilenet_v1", model_kwargs=MNV1,
                                      weights=str(weights), image_size=96, precision="fp32").hit
 
 
