@@ -91,7 +91,7 @@ def mnist_row(name: str, cm: list[list[int]], wall: float | None) -> dict:
 @torch.no_grad()
 def penultimate(run: cnnlab.Run, x: torch.Tensor, batch: int = 1000) -> np.ndarray:
     """pre_logits features (N, 128) of uint8 images (N, 1, 28, 28) through the run's own normalisation."""
-    model, trainer = run.model.eval(), run.trainer
+    model, trainer = run.model.eval(), run.predictor
     out = []
     for lo in range(0, len(x), batch):
         z = trainer.preprocess(x[lo : lo + batch].to(trainer.device))
@@ -155,7 +155,7 @@ def bench_cactus(tmp: Path, args) -> dict:
                "wall_s": run.meta["bench_wall_s"]}
         if name == "threshold":
             row["threshold"] = run.metrics["threshold"]["value"]
-            run.trainer.decision_threshold = None  # the same model with argmax: the untreated row
+            run.predictor.decision_threshold = None  # the same model with argmax: the untreated row
             rows.append({**_cactus_eval(run, data), "treatment": "none", "wall_s": run.meta["bench_wall_s"]})
         rows.append(row)
         print(rows[-1], flush=True)

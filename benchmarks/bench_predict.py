@@ -52,7 +52,7 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
     dataset, model = CASES[job["case"]]
     kind, repeats = job["kind"], job["repeats"]
     if kind == "cnnlab-evaluate":
-        from cnnlab.api import load_run
+        from cnnlab.inference import load_run
 
         run = load_run(job["run"])
         n = {}

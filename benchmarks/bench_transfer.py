@@ -68,16 +68,16 @@ def val_roc_auc(run_dir: Path) -> float | None:
     """ROC AUC of P(class 1) on the run's own val split (recreated from its config, as `evaluate` does)."""
     from sklearn.metrics import roc_auc_score
 
-    from cnnlab.api import load_run
     from cnnlab.data.dataset import decode_split
     from cnnlab.data.readers import load_source
+    from cnnlab.inference import load_run
 
     run = load_run(run_dir)
     d = run.config.data
     src = load_source(d.source, val_split=d.val_split, seed=run.config.train.seed, images=d.images, id_col=d.id_col,
                       label_col=d.label_col)
     val = decode_split(src, src.splits["val"], run.geometry, d.resize)
-    probs = run.trainer.predict_proba(val.x, run.config.train.eval_batch_size)
+    probs = run.predictor.predict_proba(val.x, run.config.train.eval_batch_size)
     positive = run.class_names.index("1") if "1" in run.class_names else 1
     labels = [src.class_names[int(i)] for i in val.y]
     return float(roc_auc_score([lab == run.class_names[positive] for lab in labels], probs[:, positive].numpy()))

@@ -1,25 +1,42 @@
-"""cnnlab: train, evaluate and understand convolutional image classifiers."""
+"""cnnlab: train, evaluate and understand convolutional image classifiers.
+
+The public API is imported on first use (PEP 562), so `import cnnlab` and `cnnlab --help` / `--version` do not
+pay for importing torch (about 1.5 s).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-from cnnlab.api import Run, evaluate, fit, load_run, predict  # noqa: E402
-from cnnlab.config import Config, load_config  # noqa: E402
-from cnnlab.errors import CnnlabError  # noqa: E402
-from cnnlab.models import create_model, list_models, register_model  # noqa: E402
-from cnnlab.models.summary import summary  # noqa: E402
-from cnnlab.resume import resume  # noqa: E402
-from cnnlab.train.callbacks import (  # noqa: E402
-    Callback,
-    CSVLogger,
-    EarlyStopping,
-    ModelCheckpoint,
-    ReduceLROnPlateau,
-    StopOnTarget,
-    TensorBoard,
-)
+# public name -> the module that defines it
+_EXPORTS = {
+    "fit": "cnnlab.api", "resume": "cnnlab.api", "compute_features": "cnnlab.api",
+    "Run": "cnnlab.inference", "load_run": "cnnlab.inference", "evaluate": "cnnlab.inference",
+    "predict": "cnnlab.inference", "Predictor": "cnnlab.train.predictor",
+    "RunDir": "cnnlab.runs",
+    "Config": "cnnlab.config", "load_config": "cnnlab.config",
+    "CnnlabError": "cnnlab.errors",
+    "create_model": "cnnlab.models", "list_models": "cnnlab.models", "register_model": "cnnlab.models",
+    "summary": "cnnlab.models.summary",
+    "Callback": "cnnlab.train.callbacks", "CSVLogger": "cnnlab.train.callbacks",
+    "EarlyStopping": "cnnlab.train.callbacks", "ModelCheckpoint": "cnnlab.train.callbacks",
+    "ReduceLROnPlateau": "cnnlab.train.callbacks", "StopOnTarget": "cnnlab.train.callbacks",
+    "TensorBoard": "cnnlab.train.callbacks",
+}
 
-__all__ = [
-    "Callback", "CSVLogger", "CnnlabError", "Config", "EarlyStopping", "ModelCheckpoint", "ReduceLROnPlateau",
-    "Run", "StopOnTarget", "TensorBoard", "__version__", "create_model", "evaluate", "fit", "list_models",
-    "load_config", "load_run", "predict", "register_model", "resume", "summary",
-]
+__all__ = sorted([*_EXPORTS, "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'cnnlab' has no attribute '{name}'")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

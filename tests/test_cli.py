@@ -100,3 +100,18 @@ def test_evaluate_and_predict_commands(tmp_path):
     assert pred.returncode == 0, pred.stderr
     assert (tmp_path / "p.csv").read_text().splitlines()[0] == "id,label,prob_cat,prob_dog"
     assert_user_error(run_cli("evaluate", str(tmp_path / "d")), "not a cnnlab run folder")
+
+
+def test_skip_missing_trains_on_the_ids_that_have_images(tmp_path):
+    csv_path = _cactus_like(tmp_path, extra_row=("missing.jpg", 1))
+    out = tmp_path / "run"
+    r = run_cli("train", str(csv_path), "--skip-missing", "--epochs", "1", "--out", str(out), "--quiet",
+                "--no-tensorboard")
+    assert r.returncode == 0, r.stderr
+    assert "missing.jpg\tid in the CSV without an image" in (out / "skipped.txt").read_text()
+
+
+def test_a_misspelt_option_value_is_one_line_before_any_data_is_read(tmp_path):
+    assert_user_error(run_cli("train", str(tmp_path / "not-read"), "--optimizer", "adamm"),
+                      "unknown --optimizer 'adamm': did you mean adam")
+    assert_user_error(run_cli("train", "digits", "--epochs"), "expected one argument", "cnnlab train --help")

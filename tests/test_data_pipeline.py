@@ -11,12 +11,13 @@ import torch
 from PIL import Image
 
 import cnnlab.data.cache as cache_mod
-from cnnlab.api import evaluate, fit
+from cnnlab.api import fit
 from cnnlab.config import AugmentConfig, Config
 from cnnlab.data.augment import PRESETS, Augmenter, step_seed
 from cnnlab.data.preprocess import Preprocess, fit_whitening
 from cnnlab.data.stream import StreamBatches, StreamedSplit
 from cnnlab.errors import CnnlabError
+from cnnlab.inference import evaluate
 from cnnlab.prepare import prepare_data
 
 REPO = Path(__file__).resolve().parents[1]

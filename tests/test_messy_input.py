@@ -16,7 +16,7 @@ import yaml
 from PIL import Image
 
 from cnnlab.data.dataset import decode_image
-from cnnlab.inspect import inspect_data
+from cnnlab.inspection import inspect_data
 
 REPO = Path(__file__).resolve().parents[1]
 KOREAN = "강아지"  # "puppy": a non-ASCII class folder name

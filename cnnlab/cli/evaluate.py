@@ -1,0 +1,86 @@
+"""`cnnlab evaluate RUN [DATA]` and `cnnlab predict RUN INPUTS... [--csv FILE]`: a run folder at work."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="metrics and confusion matrix of a run on DATA")
+    p.add_argument("run", help="run folder")
+    p.add_argument("data", nargs="?", help="data to evaluate on (default: the run's own data)")
+    p.add_argument("--split", default="auto", help="test, val, train, or auto (test, else held-out val)")
+    p.add_argument("--weights", default="best", choices=("best", "last"))
+    p.add_argument("--device")
+    p.add_argument("--json", help="also write the results to this JSON file")
+    p.set_defaults(func=evaluate)
+    p = sub.add_parser("predict", help="predict images, folders or zips with a run; --csv for a submission")
+    p.add_argument("run", help="run folder")
+    p.add_argument("inputs", nargs="+", help="image files, folders or .zip archives")
+    p.add_argument("--csv", help="write id, label and class probabilities to this CSV")
+    p.add_argument("--id-format", default="auto", choices=("auto", "name", "stem", "path"))
+    p.add_argument("--weights", default="best", choices=("best", "last"))
+    p.add_argument("--device")
+    p.add_argument("--show", type=int, default=20, help="rows to print (default 20)")
+    p.set_defaults(func=predict)
+
+
+def print_evaluation(result: dict[str, Any], class_names: list[str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False)
+    keys = [k for k in ("loss", "accuracy", "balanced_accuracy", "precision", "recall", "f1") if k in result]
+    keys += [k for k in result if k.startswith("top") or k in ("roc_auc", "pr_auc", "decision_threshold", "mse", "mae")]
+    console.print(f"{result['data']} [{result['split']}], {result['count']} images: "
+                  + "  ".join(f"{k} {result[k]:.4f}" for k in keys), soft_wrap=True, markup=False)
+    per = Table(title="per class")
+    for col in ("class", "precision", "recall", "f1", "support"):
+        per.add_column(col, justify="left" if col == "class" else "right")
+    for row in result["per_class"]:
+        per.add_row(row["class"], f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
+                    str(row["support"]))
+    console.print(per)
+    cm = Table(title="confusion matrix (rows: true, columns: predicted)")
+    cm.add_column("")
+    for name in class_names:
+        cm.add_column(name[:10], justify="right")
+    for name, row in zip(class_names, result["confusion_matrix"]):
+        cm.add_row(name[:16], *map(str, row))
+    console.print(cm)
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    from cnnlab.inference import evaluate, load_run
+
+    run = load_run(args.run, weights=args.weights, device=args.device)
+    result = evaluate(run, args.data, args.split)
+    print_evaluation(result, run.class_names)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+    return 0
+
+
+def predict(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from cnnlab.inference import load_run, predict
+
+    run = load_run(args.run, weights=args.weights, device=args.device)
+    rows = predict(run, args.inputs, args.csv, id_format=args.id_format)
+    console = Console(highlight=False)
+    table = Table()
+    for col in ("id", "label", "confidence"):
+        table.add_column(col)
+    for r in rows[: args.show]:
+        table.add_row(r["id"], r["label"], f"{r['confidence']:.3f}")
+    console.print(table)
+    if len(rows) > args.show:
+        console.print(f"... {len(rows) - args.show} more")
+    if args.csv:
+        console.print(f"wrote {len(rows)} predictions to {args.csv}")
+    return 0

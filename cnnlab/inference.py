@@ -1,0 +1,188 @@
+"""A trained model and its run folder: `Run`, `load_run`, `evaluate` and `predict`.
+
+    run = cnnlab.load_run("runs/...")    # everything back from a run folder alone (a Predictor, no Trainer)
+    run.evaluate()                       # val / test metrics with a confusion matrix
+    run.predict(["img1.png", "folder/"]) # labels and probabilities
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from cnnlab.config import Config
+from cnnlab.data.dataset import ImageGeometry, decode_image, decode_split
+from cnnlab.data.loader import TensorBatches
+from cnnlab.data.readers import list_images, load_source
+from cnnlab.errors import CnnlabError
+from cnnlab.models.rewrite import pool_before_activation
+from cnnlab.recipe import build_model, build_predictor
+from cnnlab.runs import RunDir
+from cnnlab.train.checkpoint import load_weights_file
+from cnnlab.train.metrics import per_class_report
+from cnnlab.train.predictor import Predictor
+from cnnlab.train.trainer import resolve_device, resolve_precision
+
+
+@dataclass
+class Run:
+    """A trained model with its run folder, resolved config, classes, history and metrics.
+
+    `predictor` evaluates and predicts. `trainer` is the Trainer that trained the model in this process; for a run
+    loaded from its folder it is the Predictor (it has no optimizer; its .fit says how to train from the weights).
+    """
+
+    dir: Path | None
+    config: Config
+    class_names: list[str]
+    model: nn.Module
+    predictor: Predictor
+    trainer: Any = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.trainer is None:
+            self.trainer = self.predictor
+
+    @property
+    def run_dir(self) -> RunDir | None:
+        return RunDir(self.dir) if self.dir is not None else None
+
+    @property
+    def geometry(self) -> ImageGeometry:
+        d = self.config.data
+        return ImageGeometry((d.image_size, d.image_size), d.channels)
+
+    def evaluate(self, data: str | None = None, split: str = "auto") -> dict[str, Any]:
+        return evaluate(self, data, split)
+
+    def predict(self, inputs: list[str] | str, csv_path: str | None = None) -> list[dict[str, Any]]:
+        return predict(self, inputs, csv_path)
+
+
+def load_run(path: str | Path, weights: str = "best", device: str | None = None) -> Run:
+    """Rebuild a trained model from its run folder (config.yaml, classes.json, best or last weights)."""
+    run = RunDir.open(path)
+    cfg = run.read_config()
+    cfg.freeze()
+    classes = run.read_classes()
+    dev = resolve_device(device or cfg.train.device)
+    precision = resolve_precision(cfg.train.precision, dev)
+    d = cfg.data
+    model = build_model(cfg, len(classes), ImageGeometry((d.image_size, d.image_size), d.channels),
+                        load_weights=False)  # the run's own weights are loaded below
+    model.load_state_dict(load_weights_file(run.weights(weights)))
+    pool_before_activation(model)  # exact, and faster (cnnlab.models.rewrite)
+    metrics = run.read_metrics()
+    threshold = (metrics.get("threshold") or {}).get("value")
+    predictor = build_predictor(cfg, model, len(classes), dev, precision, run.read_whitening(), threshold)
+    return Run(run.path, cfg, classes, model, predictor, metrics=metrics, meta=run.read_meta())
+
+
+def _same_source(a: str, b: str) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return a == b
+
+
+def evaluate(run: Run | str | Path, data: str | None = None, split: str = "auto") -> dict[str, Any]:
+    """Metrics, confusion matrix and per-class report of `run` on a split of `data`.
+
+    split "auto": the test split if the data has one; else, for the data the run was trained on, its val split
+    (recreated with the run's seed); else every image.
+    """
+    if not isinstance(run, Run):
+        run = load_run(run)
+    cfg = run.config
+    data = data or cfg.data.source
+    same = _same_source(data, cfg.data.source)
+    d = cfg.data
+    opts = {"images": d.images, "id_col": d.id_col, "label_col": d.label_col} if same else {}
+    probe = load_source(data, val_split=0.0, **opts)
+    if split == "auto":
+        split = "test" if "test" in probe.splits else ("val" if (same or "val" in probe.splits) else "train")
+    src = load_source(data, val_split=d.val_split if same else 0.0, seed=cfg.train.seed, **opts) \
+        if split == "val" and "val" not in probe.splits else probe
+    if split not in src.splits:
+        raise CnnlabError(f"{data} has no '{split}' split (it has {', '.join(src.splits)})")
+    labels = _map_labels(src.class_names, run.class_names, data)
+    decoded = decode_split(src, src.splits[split], run.geometry, d.resize)
+    y = torch.from_numpy(labels[decoded.y.numpy()])
+    dev = run.predictor.device
+    batches = TensorBatches(decoded.x.to(dev), y.to(dev), cfg.train.eval_batch_size, False)
+    logs, cm = run.predictor.evaluate(batches, prefix="")
+    if run.predictor.decision_threshold is not None:
+        logs["decision_threshold"] = run.predictor.decision_threshold
+    return {"data": str(data), "split": split, "count": len(y), **logs, "confusion_matrix": cm,
+            "per_class": per_class_report(cm, run.class_names), "skipped": len(decoded.skipped)}
+
+
+def _map_labels(data_classes: list[str], run_classes: list[str], data: str) -> np.ndarray:
+    unknown = [c for c in data_classes if c not in run_classes]
+    if unknown:
+        raise CnnlabError(f"{data} has classes the model was not trained on: {', '.join(unknown[:5])} "
+                          f"(the model knows {', '.join(run_classes[:10])})")
+    return np.array([run_classes.index(c) for c in data_classes], dtype=np.int64)
+
+
+def predict(run: Run | str | Path, inputs: list[str] | str, csv_path: str | None = None,
+            id_format: str = "auto") -> list[dict[str, Any]]:
+    """Predicted class and probabilities for each image; optionally a Kaggle-style CSV (id, label, probs).
+
+    id_format: "name" (file name, as Kaggle ids usually are), "stem" (without extension), "path" (relative
+    path), or "auto" (the file name).
+    """
+    if not isinstance(run, Run):
+        run = load_run(run)
+    if isinstance(inputs, (str, Path)):
+        inputs = [str(inputs)]
+    items = list_images([str(i) for i in inputs])
+    geom = run.geometry
+    arrays, ids, skipped = [], [], []
+    for ident, read in items:
+        try:
+            arrays.append(decode_image(read(), geom.channels, geom.size[0], run.config.data.resize))
+            ids.append(ident)
+        except Exception as e:  # noqa: BLE001  (a bad image is reported, never fatal)
+            skipped.append((ident, f"{type(e).__name__}"))
+    if not arrays:
+        raise CnnlabError(f"none of the {len(items)} images could be decoded")
+    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    probs = run.predictor.predict_proba(x, run.config.train.eval_batch_size)
+    decided = run.predictor.decide(probs)
+    rows = [{"id": format_id(ident, id_format), "label": run.class_names[int(k)], "confidence": float(p[int(k)]),
+             "probabilities": dict(zip(run.class_names, map(float, p)))} for ident, p, k in zip(ids, probs, decided)]
+    if csv_path:
+        write_predictions_csv(rows, csv_path, run)
+    for ident, reason in skipped:
+        print(f"warning: skipped {ident} ({reason})", file=sys.stderr)
+    return rows
+
+
+def format_id(ident: str, fmt: str) -> str:
+    if fmt in ("auto", "name"):
+        return PurePosixPath(ident).name
+    if fmt == "stem":
+        return PurePosixPath(ident).stem
+    return ident
+
+
+def write_predictions_csv(rows: list[dict[str, Any]], path: str, run: Run) -> None:
+    """Columns: id, the label column (named as in the training CSV, else 'label'), then prob_<class> each."""
+    label_col = (run.run_dir.label_col() if run.dir is not None and (Path(run.dir) / RunDir.CONFIG).is_file()
+                 else None) or run.config.data.label_col or "label"
+    with open(Path(path), "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", label_col, *(f"prob_{c}" for c in run.class_names)])
+        for r in rows:
+            writer.writerow([r["id"], r["label"], *(f"{r['probabilities'][c]:.6f}" for c in run.class_names)])
