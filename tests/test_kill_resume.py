@@ -78,6 +78,8 @@ def interrupt_when(procs: dict[str, tuple[subprocess.Popen, Path, int, int]], ti
                 continue
             assert proc.poll() is None, f"{name} ended before it was interrupted: {proc.communicate()[1][-2000:]}"
             if saved_step(run) >= target:
+                if sig == signal.SIGKILL:  # frozen where it is, so it cannot finish during the delay
+                    proc.send_signal(signal.SIGSTOP)
                 time.sleep(delays[name])
                 proc.send_signal(sig)
                 out, err = proc.communicate(timeout=120)
