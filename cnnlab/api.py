@@ -10,18 +10,22 @@ them with their defaults.
 
 from __future__ import annotations
 
+import csv
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
-from cnnlab.config import Config, build_config, fields
+from cnnlab import distributed
+from cnnlab.config import Config, apply_keywords, build_config, config_to_yaml, fields
 from cnnlab.data.preprocess import Preprocess
 from cnnlab.errors import CnnlabError
-from cnnlab.inference import Run
+from cnnlab.inference import Run, load_run
 from cnnlab.prepare import prepare_data
 from cnnlab.recipe import build_model, check_model_available, resolve_normalization, seed_everything
-from cnnlab.runs import RunDir
+from cnnlab.runs import RunDir, default_path
 from cnnlab.session import make_console, train
+from cnnlab.train import dist
 from cnnlab.train.callbacks import Callback
 from cnnlab.train.checkpoint import load_state
 from cnnlab.train.faults import EventLog
@@ -50,21 +54,57 @@ def fit(data: str | None = None, *, config: str | Path | Config | dict | None = 
     if resume is not None:
         return resume_run(resume, callbacks=callbacks, **kwargs)
     cfg = build_config(data, config, overrides, **kwargs)
-    run_dir = RunDir.create(cfg.out, cfg.model.name)
+    if cfg.distributed.nproc > 1 and not distributed.in_worker():
+        return fit_in_workers(cfg, callbacks)
+    distributed.start(cfg)  # a torchrun / --nproc worker joins its process group
     try:
-        return train(cfg, run_dir, callbacks=callbacks)
-    except BaseException:
-        run_dir.remove_if_empty()  # nothing was written: leave no empty folder behind
-        raise
+        run_dir = distributed.agree(lambda: RunDir.create(cfg.out, cfg.model.name))  # rank 0 creates it
+        try:
+            return train(cfg, run_dir, callbacks=callbacks)
+        except BaseException:
+            if dist.is_writer():
+                run_dir.remove_if_empty()  # nothing was written: leave no empty folder behind
+            raise
+    finally:
+        distributed.stop()
+
+
+def fit_in_workers(cfg: Config, callbacks: list[Callback] | None) -> Run:
+    """fit(nproc=N) from Python: N worker processes train the config; the finished run is loaded back."""
+    if callbacks:
+        raise CnnlabError("callback objects cannot travel to worker processes: with nproc > 1 use the config's "
+                          "callbacks (early_stopping, reduce_lr, target, ...), or run your script under torchrun")
+    out = cfg.out or str(default_path(cfg.model.name))
+    cfg.out = out
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "config.yaml"
+        path.write_text(config_to_yaml(cfg), encoding="utf-8")
+        code = distributed.launch(["train", "--config", str(path)], cfg.distributed.nproc, out)
+    if code:
+        raise CnnlabError(f"the workers stopped with code {code}")
+    run = load_run(out)
+    run.history = read_history(RunDir(out))
+    return run
+
+
+def read_history(run: RunDir) -> list[dict[str, Any]]:
+    """The per-epoch logs of a run from its metrics.csv."""
+    path = run.file(run.METRICS_CSV)
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        return [{k: float(v) if k != "epoch" else int(v) for k, v in row.items() if v != ""}
+                for row in csv.DictReader(f)]
 
 
 fit.__doc__ += "\n    Keywords:\n" + "\n".join(f"        {f.keyword} ({f.path}): {f.option.help}" for f in fields())
 
-RESUME_CHANGES = ("device", "quiet", "checkpoint_every")  # all a resumed run may change
+RESUME_CHANGES = ("device", "quiet", "checkpoint_every", "nproc")  # all a resumed run may change
 
 
 def resume_run(run_dir: str | Path, *, callbacks: list[Callback] | None = None, device: str | None = None,
-           quiet: bool | None = None, checkpoint_every: int | None = None, **changes: Any) -> Run:
+               quiet: bool | None = None, checkpoint_every: int | None = None, nproc: int | None = None,
+               **changes: Any) -> Run:
     """Continue the run in `run_dir` from its last checkpoint and finish it.
 
     The run's config.yaml is the whole recipe: the data are read and decoded exactly as before, the full state
@@ -76,7 +116,8 @@ def resume_run(run_dir: str | Path, *, callbacks: list[Callback] | None = None, 
     Args:
         run_dir: a run folder written by cnnlab.fit / `cnnlab train`.
         callbacks: the extra callbacks the run was started with (their states are restored).
-        device, quiet, checkpoint_every: the only settings a resumed run may change.
+        device, quiet, checkpoint_every, nproc: the only settings a resumed run may change (another number of
+            processes resumes with a note on what changes).
     """
     changed = sorted(k for k, v in changes.items() if v not in (None, [], {}))
     if changed:
@@ -85,21 +126,37 @@ def resume_run(run_dir: str | Path, *, callbacks: list[Callback] | None = None, 
     run = RunDir.open(run_dir)
     cfg = run.read_config()
     cfg.out = str(run.path)
-    if device is not None:
-        cfg.train.device = device
-    if quiet is not None:  # --quiet: epoch lines, no progress bar (as fit maps it)
-        cfg.verbose = 2 if quiet else 1
-    if checkpoint_every is not None:
-        cfg.train.checkpoint_every_steps = checkpoint_every
+    apply_keywords(cfg, {"device": device, "quiet": quiet, "checkpoint_every": checkpoint_every, "nproc": nproc},
+                   "resume()")  # coerced and checked as fit's keywords are
+    if cfg.distributed.nproc > 1 and not distributed.in_worker():
+        if callbacks:
+            raise CnnlabError("callback objects cannot travel to worker processes: resume with nproc=1")
+        distributed.launch(["train", "--resume", str(run.path), "--nproc", str(cfg.distributed.nproc),
+                            *(["--quiet"] if cfg.verbose == 2 else [])], cfg.distributed.nproc, str(run.path))
+        return load_run(run.path)
+    distributed.start(cfg)
+    try:
+        return resume_here(cfg, run, callbacks)
+    finally:
+        distributed.stop()
+
+
+def resume_here(cfg: Config, run: RunDir, callbacks: list[Callback] | None) -> Run:
+    """Resume in this process (one of the ranks of a distributed run): repair the folder (rank 0) and train."""
     state = read_resume_state(run, cfg.train.epochs)
-    run.remove_stale_temporaries()
-    run.repair(completed=len(state["history"]) if state is not None else None)
-    console = make_console(cfg.verbose)
+    console = make_console(cfg.verbose if dist.is_writer() else 0)
     where = (f"epoch {state['epoch'] + 1}, step {state['step']}" if state is not None else
              "the beginning (no checkpoint was saved before it stopped)")
-    if cfg.verbose:
-        console.print(f"resuming {run.path} at {where}", markup=False, soft_wrap=True)
-    EventLog(run.file(run.EVENTS)).write("resume", at=where, command=" ".join(sys.argv))
+    if dist.is_writer():
+        run.remove_stale_temporaries()
+        run.repair(completed=len(state["history"]) if state is not None else None)
+        if cfg.verbose:
+            console.print(f"resuming {run.path} at {where}", markup=False, soft_wrap=True)
+        EventLog(run.file(run.EVENTS)).write("resume", at=where, command=" ".join(sys.argv))
+        note = distributed.world_change_note(state)
+        if note:
+            console.print(note, markup=False, soft_wrap=True)
+    dist.barrier()  # the folder is repaired before any rank starts
     return train(cfg, run, resume_state=state, callbacks=callbacks, console=console)
 
 

@@ -31,6 +31,7 @@ from cnnlab.models.base import IMAGENET_CFG, has_conv
 from cnnlab.models.layers import weight_decay_groups
 from cnnlab.prepare import PreparedData
 from cnnlab.runs import RunDir
+from cnnlab.train import dist
 from cnnlab.train.autosave import RunCheckpointer
 from cnnlab.train.callbacks import Callback
 from cnnlab.train.faults import EventLog
@@ -111,9 +112,14 @@ def resolve_normalization(cfg: Config, data: PreparedData, model: nn.Module) -> 
 
 
 def resolve(cfg: Config, *, data: PreparedData, norm: Normalization, balance: BalancePlan, strategy: str,
-            batch_size: int | str, epochs: int, out: str | Path) -> Config:
-    """The run's final config: `cfg` plus every decision, frozen. Resolving a resolved config changes nothing."""
+            batch_size: int | str, epochs: int, out: str | Path, lr: float | None = None) -> Config:
+    """The run's final config: `cfg` plus every decision, frozen. Resolving a resolved config changes nothing.
+
+    `lr`: a learning rate decided for the run (the distributed scale_lr rule); once applied the rule is off.
+    """
     final = cfg.copy()
+    if lr is not None:
+        final.train.lr, final.distributed.scale_lr = lr, False
     d = final.data
     d.image_size, d.channels = data.geometry.size[0], data.geometry.channels
     d.normalize, d.mean, d.std = norm.mode, norm.mean, norm.std
@@ -187,7 +193,8 @@ def build_checkpointer(cfg: Config, run: RunDir) -> RunCheckpointer:
     """The crash-safe `last` checkpoint and the NaN recovery of a run that trains the model's layers."""
     t = cfg.train
     return RunCheckpointer(run.path, run.file(run.STATE), run.file(run.LAST), t.checkpoint_every_steps,
-                           EventLog(run.file(run.EVENTS)), t.nan_policy, t.nan_retries, t.nan_lr_factor)
+                           EventLog(run.file(run.EVENTS) if dist.is_writer() else None), t.nan_policy,
+                           t.nan_retries, t.nan_lr_factor)
 
 
 def build_trainer(cfg: Config, model: nn.Module, num_classes: int, device: torch.device, precision: str,
@@ -210,6 +217,7 @@ def build_trainer(cfg: Config, model: nn.Module, num_classes: int, device: torch
     if channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg, model, tplan.param_groups if tplan is not None else None)
+    common["train_model"] = wrap_distributed(cfg, model, device)
     if checkpointer is not None:
         common["callbacks"] = [*callbacks, checkpointer]  # last: it saves every other callback's state
     return Trainer(model, loss_fn, optimizer, preprocess=build_preprocess(cfg, device, channels_last, whitening),
@@ -217,6 +225,18 @@ def build_trainer(cfg: Config, model: nn.Module, num_classes: int, device: torch
                    scheduler=build_scheduler(cfg, optimizer, steps_per_epoch),
                    recovery=checkpointer.guard if checkpointer is not None else None,
                    events=checkpointer.events if checkpointer is not None else None, **common)
+
+
+def wrap_distributed(cfg: Config, model: nn.Module, device: torch.device) -> nn.Module | None:
+    """DistributedDataParallel around the model in a distributed run (gradients averaged over the ranks), else None.
+    The Trainer trains through the wrapper; everything else (checkpoints, callbacks, evaluation) uses the model."""
+    if not dist.active():
+        return None
+    from torch.nn.parallel import DistributedDataParallel
+
+    if cfg.distributed.sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def build_scheduler(cfg: Config, optimizer: torch.optim.Optimizer, steps_per_epoch: int):

@@ -19,7 +19,7 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from cnnlab import __version__
+from cnnlab import __version__, distributed
 from cnnlab.config import Config
 from cnnlab.data import balance
 from cnnlab.data.augment import build_augmenter
@@ -45,9 +45,9 @@ from cnnlab.recipe import (
 )
 from cnnlab.results import final_metrics, print_final
 from cnnlab.runs import RunDir
+from cnnlab.train import dist
 from cnnlab.train.autosave import RunCheckpointer
 from cnnlab.train.callbacks import Callback, RunContext, build_callbacks
-from cnnlab.train.checkpoint import save_weights
 from cnnlab.train.optim import resolve_batch_size, resolve_epochs
 from cnnlab.train.trainer import Trainer, resolve_device, resolve_precision
 from cnnlab.transfer.heads import fit_logreg
@@ -73,6 +73,7 @@ class Session:
     checkpointer: RunCheckpointer | None
     meta: dict[str, Any]  # versions, device, command (config.yaml's `meta`)
     log: Callable[[str], None]
+    distributed: dict[str, Any] | None = None  # how the run is split over the ranks (config.yaml's `resolved`)
 
 
 def make_console(verbose: int) -> Console:
@@ -82,7 +83,7 @@ def make_console(verbose: int) -> Console:
 def train(cfg: Config, run_dir: RunDir, resume_state: dict | None = None, callbacks: list[Callback] | None = None,
           console: Console | None = None) -> Run:
     """Train the run `cfg` describes into `run_dir` (from the start, or from `resume_state`) and finish it."""
-    console = console or make_console(cfg.verbose)
+    console = console or make_console(cfg.verbose if dist.is_writer() else 0)  # rank 0 prints for the job
     session = start(cfg, run_dir, resume_state, list(callbacks or []), console)
     t0 = time.perf_counter()
     run_epochs(session, resume_state)
@@ -93,8 +94,9 @@ def start(cfg: Config, run_dir: RunDir, resume_state: dict | None, extra: list[C
           console: Console) -> Session:
     """Everything up to the first step: data, plans, model, the resolved config, trainer and run files."""
     log = lambda m: console.print(m, markup=False, soft_wrap=True)  # noqa: E731
-    device = resolve_device(cfg.train.device)
+    device = distributed.rank_device(cfg) if dist.active() else resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, device)
+    distributed.check_supported(cfg, device)
     check_model_available(cfg)
     seed_everything(cfg.train.seed)
     data = prepare_data(cfg, log)
@@ -103,6 +105,8 @@ def start(cfg: Config, run_dir: RunDir, resume_state: dict | None, extra: list[C
     training = with_synthetic(cfg, data, plan, log)  # data, or a copy with SMOTE images in train
     seed_everything(cfg.train.seed)
     model = build_model(cfg, num_classes, data.geometry, log, load_weights=resume_state is None)
+    if dist.rank() > 0:  # every rank starts from the same weights; each draws its own dropout masks
+        torch.manual_seed(cfg.train.seed + 1_000_003 * dist.rank())
     norm = resolve_normalization(cfg, data, model)
     tplan = (plan_transfer(cfg, model, data.splits, data.class_names, data.geometry, norm, device, precision, log)
              if cfg.transfer.strategy != "none" else None)
@@ -112,16 +116,20 @@ def start(cfg: Config, run_dir: RunDir, resume_state: dict | None, extra: list[C
     batch_size = resolve_batch_size(cfg.train.batch_size, strategy)
     sampler = (create_sampler(plan.sampler, splits["train"].y, num_classes, cfg.balance.epoch_samples)
                if plan.sampler else None)
+    shard = dist.shard() if features is None else None  # a head on features trains alike on every rank
     train_batches = make_batches(splits["train"], batch_size, True, cfg.train.seed, device, cfg.data.workers,
-                                 sampler=sampler)
+                                 sampler=sampler, shard=shard)
+    lr, lr_rule = distributed.scaled_lr(cfg, train_batches.batch_size)
     augmenter = build_augmenter(cfg.augment, cfg.train.seed, num_classes) if features is None else None
     if augmenter is not None:
         train_batches = augmenter.wrap(train_batches)
-    val = (make_batches(splits["val"], cfg.train.eval_batch_size, False, 0, device, cfg.data.workers)
+    val = (make_batches(splits["val"], cfg.train.eval_batch_size, False, 0, device, cfg.data.workers, shard=shard)
            if "val" in splits else None)
     epochs = resolve_epochs(cfg.train.epochs, len(train_batches), strategy)
+    if lr_rule is not None:
+        log(distributed.describe_lr_rule(lr_rule))
     final = resolve(cfg, data=data, norm=norm, balance=plan, strategy=strategy, batch_size=batch_size,
-                    epochs=epochs, out=run_dir.path)
+                    epochs=epochs, out=run_dir.path, lr=lr)
     ctx = RunContext(final, final.callbacks.monitor, val is not None, resume_state is not None, run_dir)
     callbacks = build_callbacks(ctx) + extra + (tplan.callbacks if tplan is not None else [])
     checkpointer = None if features is not None else build_checkpointer(final, run_dir)
@@ -133,6 +141,8 @@ def start(cfg: Config, run_dir: RunDir, resume_state: dict | None, extra: list[C
         log(f"augmentation {describe_augment(final.augment)}")
     session = Session(final, run_dir, data, model, trainer, train_batches, val, features or data.splits, tplan, plan,
                       device, precision, checkpointer, environment_info(device, precision), log)
+    if dist.active() or lr_rule is not None:
+        session.distributed = distributed.record(final, batch_size, lr_rule)
     write_start(session, resume_state is not None)
     return session
 
@@ -158,9 +168,11 @@ def write_start(session: Session, resuming: bool) -> None:
                              title=f"Model: {cfg.model.name}")
     if session.transfer is None or session.transfer.feature_splits is None:
         pool_before_activation(model)  # after the summary, which shows the model as defined
-    if not resuming:
+    if not resuming and dist.is_writer():
         resolved = {"num_classes": len(data.class_names), "data_kind": data.source.kind,
                     "label_col": data.source.label_col, "counts": {s: len(v) for s, v in data.splits.items()}}
+        if session.distributed is not None:
+            resolved["distributed"] = session.distributed
         session.run.write_start(cfg, meta=session.meta, resolved=resolved, classes=data.class_names, summary=summary,
                                 skipped=data.skipped, whitening=data.whitening)
     counts = ", ".join(f"{k} {len(v)}" for k, v in data.splits.items())
@@ -178,7 +190,7 @@ def run_epochs(session: Session, resume_state: dict | None) -> None:
             fit_logreg(trainer, session.train, session.val, run.file(run.BEST))
         else:
             trainer.fit(session.train, session.val, t.epochs)
-        save_weights(session.model, run.file(run.LAST))
+        trainer.save_weights(run.file(run.LAST))  # the full model (rank 0 only)
         return
     start_epoch, start_step = session.checkpointer.start(resume_state, t.epochs)
     with session.checkpointer.protect():  # Ctrl-C saves and stops; a full disk is one clear line
@@ -189,6 +201,9 @@ def finish(session: Session, wall: float) -> Run:
     """Final metrics of the best weights, metrics.json, transfer.json, and the Run."""
     cfg, trainer, run = session.cfg, session.trainer, session.run
     num_classes = len(session.data.class_names)
+    if not dist.is_writer():  # rank 0 evaluates the best weights and writes the results
+        return Run(run.path, cfg, session.data.class_names, session.model, trainer.predictor, trainer,
+                   trainer.history, {}, session.meta)
     metrics = final_metrics(cfg, trainer, session.model, run, session.eval_splits, session.val is not None, wall)
     metrics["balance"] = session.balance.record()
     run.write_json(run.METRICS, metrics)

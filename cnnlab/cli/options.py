@@ -17,7 +17,7 @@ from cnnlab.errors import CnnlabError
 
 SECTION_TITLES = {"data": "data", "model": "model", "augment": "augmentation (a preset fills the rest)",
                   "train": "training", "callbacks": "callbacks", "balance": "imbalanced data",
-                  "transfer": "transfer learning", "": "run"}
+                  "transfer": "transfer learning", "distributed": "distributed (torch.distributed)", "": "run"}
 
 
 def describe(f: Field) -> str:

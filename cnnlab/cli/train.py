@@ -8,7 +8,7 @@ from cnnlab.cli.options import add_config_options, config_keywords, given_flags
 from cnnlab.config import build_config
 from cnnlab.errors import CnnlabError
 
-RESUME_FLAGS = ("--device", "--checkpoint-every")  # besides --quiet: what a resumed run may change
+RESUME_FLAGS = ("--device", "--checkpoint-every", "--nproc")  # besides --quiet: what a resumed run may change
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="any config field, e.g. --set train.weight_decay=5e-4 (repeatable)")
     p.add_argument("--quiet", action="store_true", default=None, help="no progress bar; log lines only")
     p.add_argument("--resume", metavar="RUN", help="continue the run in folder RUN from its last checkpoint "
-                   "(same config; only --device, --quiet, --checkpoint-every may be given)")
+                   "(same config; only --device, --quiet, --checkpoint-every, --nproc may be given)")
     p.set_defaults(func=run)
 
 
@@ -35,6 +35,13 @@ def run(args: argparse.Namespace) -> int:
     kwargs["quiet"] = args.quiet
     # checked before torch is imported: a misspelt model or option fails in a fraction of a second
     cfg = build_config(args.data, args.config, args.overrides, caller="cnnlab train", **kwargs)
+    from cnnlab import distributed
+
+    if cfg.distributed.nproc > 1 and not distributed.in_worker():  # this process launches the workers
+        from cnnlab.runs import default_path
+
+        out = cfg.out or str(default_path(cfg.model.name))
+        return distributed.launch([*args.argv, *([] if cfg.out else ["--out", out])], cfg.distributed.nproc, out)
     from cnnlab.api import fit
 
     fit(config=cfg)
@@ -50,5 +57,6 @@ def resume(args: argparse.Namespace) -> int:
                           "new run with --config RUN/config.yaml)")
     from cnnlab.api import resume as resume_run
 
-    resume_run(args.resume, device=args.device, quiet=args.quiet, checkpoint_every=args.checkpoint_every)
+    resume_run(args.resume, device=args.device, quiet=args.quiet, checkpoint_every=args.checkpoint_every,
+               nproc=args.nproc)
     return 0

@@ -251,6 +251,23 @@ class TransferConfig(Section):
 
 
 @dataclass
+class DistributedConfig(Section):
+    """torch.distributed (cnnlab.distributed): worker processes, backend, timeouts, the learning-rate rule."""
+
+    nproc: int = option(1, "worker processes on this machine (torch.distributed: gloo on the CPU, nccl on GPUs); "
+                        "under torchrun the world comes from its environment", check=positive)
+    backend: str = option("auto", "process-group backend (auto: nccl on CUDA, else gloo)", flag="--dist-backend",
+                          keyword="dist_backend", choices=("auto", "gloo", "nccl"))
+    timeout: float = option(60.0, "seconds a rank waits for the others in a collective before the job stops",
+                            flag="--dist-timeout", keyword="dist_timeout", check=positive)
+    scale_lr: bool = option(False, "linear scaling rule: lr x global batch / reference batch (printed; the scaled lr "
+                            "is written to train.lr)")
+    reference_batch: int = option(128, "the batch size the learning rate was chosen for (the scale_lr rule)",
+                                  check=positive)
+    sync_bn: bool = option(False, "SyncBatchNorm: batch-norm statistics over every rank's part of a batch (GPUs)")
+
+
+@dataclass
 class Config(Section):
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -259,6 +276,7 @@ class Config(Section):
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
     balance: BalanceConfig = field(default_factory=BalanceConfig)
     transfer: TransferConfig = field(default_factory=TransferConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     out: str | None = option(None, "run folder (default runs/<time>-<model>); never overwritten")
     verbose: int = option(1, "0 silent, 1 progress bar and epoch lines, 2 epoch lines only (as Keras)",
                           choices=(0, 1, 2))

@@ -135,10 +135,8 @@ class _EpochBatchSampler(Sampler):
     def __iter__(self) -> Iterator[list[int]]:
         o = self.owner
         order = o.epoch_order(self.epoch)
-        if order is None:
-            order = torch.arange(len(o.y))
         for step in range(self.start_step, len(o)):
-            yield order[step * o.batch_size : (step + 1) * o.batch_size].tolist()
+            yield o.step_indices(order, step)
 
 
 class StreamBatches(TensorBatches):
@@ -146,8 +144,8 @@ class StreamBatches(TensorBatches):
 
     def __init__(self, dataset: Dataset, y: torch.Tensor, batch_size: int | str, shuffle: bool, seed: int = 0,
                  device: torch.device | None = None, workers: int = 2, prefetch: int = 4,
-                 sampler: BalanceSampler | None = None):
-        super().__init__(None, y, batch_size, shuffle, seed, sampler=sampler)
+                 sampler: BalanceSampler | None = None, shard: tuple[int, int] | None = None):
+        super().__init__(None, y, batch_size, shuffle, seed, sampler=sampler, shard=shard)
         self.dataset, self.device = dataset, device or torch.device("cpu")
         self.batch_sampler = _EpochBatchSampler(self)
         pin = self.device.type == "cuda"
@@ -162,11 +160,15 @@ class StreamBatches(TensorBatches):
 
 
 def make_batches(split: DecodedSplit | StreamedSplit, batch_size: int | str, shuffle: bool, seed: int,
-                 device: torch.device, workers: int = 2, sampler: BalanceSampler | None = None) -> TensorBatches:
-    """TensorBatches on `device` for a split in memory, StreamBatches for a streamed one."""
+                 device: torch.device, workers: int = 2, sampler: BalanceSampler | None = None,
+                 shard: tuple[int, int] | None = None) -> TensorBatches:
+    """TensorBatches on `device` for a split in memory, StreamBatches for a streamed one; `shard` (rank, world):
+    this rank's part of every global batch."""
     if isinstance(split, StreamedSplit):
-        return StreamBatches(split.dataset, split.y, batch_size, shuffle, seed, device, workers, sampler=sampler)
-    return TensorBatches(split.x.to(device), split.y.to(device), batch_size, shuffle, seed, sampler=sampler)
+        return StreamBatches(split.dataset, split.y, batch_size, shuffle, seed, device, workers, sampler=sampler,
+                             shard=shard)
+    return TensorBatches(split.x.to(device), split.y.to(device), batch_size, shuffle, seed, sampler=sampler,
+                         shard=shard)
 
 
 def sample_images(split: DecodedSplit | StreamedSplit, index: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cnnlab.errors import CnnlabError
+from cnnlab.train import dist
 from cnnlab.train.callbacks import Callback
 from cnnlab.train.checkpoint import save_state, save_weights
 from cnnlab.train.faults import EventLog, NonFiniteGuard
@@ -75,12 +76,16 @@ class RunCheckpointer(Callback):
     def save(self, epoch: int, step: int) -> None:
         """Write the state at (epoch, step) and the weights; keep a copy in memory for rollbacks."""
         state = capture_state(self.trainer, epoch, step, self._extra())
-        try:
-            save_state(state, self.state_path)
-            save_weights(self.trainer.model, self.weights_path)
-        except CnnlabError as e:
-            self.events.write("save_failed", epoch=epoch + 1, step=step, error=str(e))
-            raise CnnlabError(f"{e}; {self.kept()}") from None
+        error = None
+        if self.trainer.is_writer:  # distributed: rank 0 writes, every rank keeps its own copy in memory
+            try:
+                save_state(state, self.state_path)
+                save_weights(self.trainer.model, self.weights_path)
+            except CnnlabError as e:
+                self.events.write("save_failed", epoch=epoch + 1, step=step, error=str(e))
+                error = e
+        if dist.any_rank(error is not None):  # every rank stops together
+            raise CnnlabError(f"{error or 'rank 0 could not write the checkpoint'}; {self.kept()}") from None
         self.snapshot = copy.deepcopy(state)
         self.saved_at = (epoch, step)
 
@@ -95,6 +100,8 @@ class RunCheckpointer(Callback):
     def on_train_batch_end(self, step: int, logs: dict[str, Any]) -> None:
         trainer: Trainer = self.trainer
         position = (trainer.epoch, step + 1)
+        if dist.active():  # a Ctrl-C reaches the ranks at different steps: they stop at the same one
+            self.interrupt_requested = dist.any_rank(self.interrupt_requested)
         if self.every_steps and trainer.global_step % self.every_steps == 0:
             self.save(*position)
         if self.interrupt_requested:

@@ -5,7 +5,8 @@ A callback sees the Trainer (`self.trainer`), gets a `logs` dict at each hook (o
 `loss`, a 0-d tensor on the device, and `lr`; on_epoch_end: the epoch's metrics), and stops training by setting
 `trainer.stop_training = True`. Callbacks that carry state across epochs (best value, patience counters) expose
 state_dict / load_state_dict so a resumed run continues exactly. The callbacks a config asks for are built by
-the factories at the end of this module (`from_config`).
+the factories at the end of this module (`from_config`). In a distributed run every rank runs every callback
+on the same reduced metrics, so they decide alike; only `trainer.is_writer` (rank 0) writes files.
 """
 
 from __future__ import annotations
@@ -45,10 +46,15 @@ class Callback:
 
     def on_train_end(self, logs: dict[str, Any]) -> None: ...
 
-    def state_dict(self) -> dict[str, Any]:
-        return {}
+    state_keys: tuple[str, ...] = ()  # the attributes that carry over epochs (saved with every checkpoint)
 
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+    def state_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.state_keys}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for k in self.state_keys:
+            if k in state:
+                setattr(self, k, state[k])
 
 
 def resolve_mode(monitor: str, mode: str) -> str:
@@ -61,6 +67,8 @@ def resolve_mode(monitor: str, mode: str) -> str:
 
 class _Monitor(Callback):
     """Shared logic: watch `monitor` in the epoch logs and tell whether it improved by `min_delta`."""
+
+    state_keys = ("best",)
 
     def __init__(self, monitor: str, mode: str = "auto", min_delta: float = 0.0) -> None:
         self.monitor = monitor
@@ -79,15 +87,12 @@ class _Monitor(Callback):
             return value < self.best - self.min_delta
         return value > self.best + self.min_delta
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.best = state.get("best", self.best)
 
 
 class ModelCheckpoint(_Monitor):
     """Save the weights whenever `monitor` improves (save_best_only) or every epoch."""
+
+    state_keys = ("best", "best_epoch")
 
     def __init__(self, filepath: str | Path, monitor: str = "val_loss", mode: str = "auto",
                  save_best_only: bool = True, min_delta: float = 0.0) -> None:
@@ -105,16 +110,12 @@ class ModelCheckpoint(_Monitor):
             self.best, self.best_epoch = value, epoch
             self.trainer.save_weights(self.filepath)
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "best_epoch": self.best_epoch}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.best = state.get("best", self.best)
-        self.best_epoch = state.get("best_epoch")
 
 
 class EarlyStopping(_Monitor):
     """Stop when `monitor` has not improved for `patience` epochs; optionally restore the best weights."""
+
+    state_keys = ("best", "wait", "best_epoch", "best_weights", "stopped_epoch")
 
     def __init__(self, monitor: str = "val_loss", patience: int = 0, min_delta: float = 0.0, mode: str = "auto",
                  restore_best_weights: bool = False, baseline: float | None = None,
@@ -152,16 +153,6 @@ class EarlyStopping(_Monitor):
             self.trainer.model.load_state_dict(self.best_weights)
             self.trainer.log(f"EarlyStopping: restored the weights of epoch {(self.best_epoch or 0) + 1}")
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "wait": self.wait, "best_epoch": self.best_epoch, "best_weights": self.best_weights,
-                "stopped_epoch": self.stopped_epoch}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.best = state.get("best", self.best)
-        self.wait = state.get("wait", 0)
-        self.best_epoch = state.get("best_epoch")
-        self.best_weights = state.get("best_weights")
-        self.stopped_epoch = state.get("stopped_epoch")
 
 
 class ReduceLROnPlateau(_Monitor):
@@ -169,6 +160,8 @@ class ReduceLROnPlateau(_Monitor):
 
     Scales the base rates under the step schedule, so it composes with warmup / cosine / one-cycle.
     """
+
+    state_keys = ("best", "wait", "cooldown_counter")
 
     def __init__(self, monitor: str = "val_loss", factor: float = 0.1, patience: int = 10, mode: str = "auto",
                  min_delta: float = 1e-4, cooldown: int = 0, min_lr: float = 0.0) -> None:
@@ -200,13 +193,6 @@ class ReduceLROnPlateau(_Monitor):
                                  f"learning rate {old:.3g} -> {new:.3g}")
             self.cooldown_counter, self.wait = self.cooldown, 0
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "wait": self.wait, "cooldown_counter": self.cooldown_counter}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.best = state.get("best", self.best)
-        self.wait = state.get("wait", 0)
-        self.cooldown_counter = state.get("cooldown_counter", 0)
 
 
 class StopOnTarget(Callback):
@@ -235,6 +221,8 @@ class CSVLogger(Callback):
         self.keys: list[str] | None = None
 
     def on_train_begin(self, logs: dict[str, Any]) -> None:
+        if not self.trainer.is_writer:  # distributed: only rank 0 writes
+            return
         if self.append and self.filename.exists():
             with open(self.filename, newline="") as f:
                 header = next(csv.reader(f, delimiter=self.separator), None)
@@ -243,6 +231,8 @@ class CSVLogger(Callback):
             self.filename.unlink()
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
+        if not self.trainer.is_writer:  # distributed: only rank 0 writes
+            return
         if self.keys is None:
             self.keys = sorted(k for k, v in logs.items() if isinstance(v, (int, float)) and k != "epoch")
         new = not self.filename.exists()
@@ -266,6 +256,8 @@ class TensorBoard(Callback):
         self.writer = None
 
     def on_train_begin(self, logs: dict[str, Any]) -> None:
+        if not self.trainer.is_writer:  # distributed: only rank 0 writes
+            return
         if self.purge_step is None and self.trainer.history:  # resumed: epochs after the checkpoint are logged again
             self.purge_step = len(self.trainer.history) + 1
         # TensorBoard's own switch to its TF stub: writing scalars needs no TensorFlow, and importing it
@@ -276,6 +268,8 @@ class TensorBoard(Callback):
         self.writer = SummaryWriter(str(self.log_dir), purge_step=self.purge_step)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
+        if self.writer is None:
+            return
         for key, value in logs.items():
             if isinstance(value, (int, float)) and key != "epoch":
                 split = "val" if key.startswith("val_") else "train"
@@ -387,17 +381,15 @@ def model_checkpoint(ctx: RunContext) -> Callback | None:
 @from_config
 def early_stopping(ctx: RunContext) -> Callback | None:
     c = ctx.cfg.callbacks
-    if c.early_stopping is None:
-        return None
-    return EarlyStopping(monitor=ctx.monitor, patience=c.early_stopping, restore_best_weights=c.restore_best)
+    return (EarlyStopping(monitor=ctx.monitor, patience=c.early_stopping, restore_best_weights=c.restore_best)
+            if c.early_stopping is not None else None)
 
 
 @from_config
 def reduce_lr_on_plateau(ctx: RunContext) -> Callback | None:
     c = ctx.cfg.callbacks
-    if c.reduce_lr is None:
-        return None
-    return ReduceLROnPlateau(monitor=ctx.monitor, factor=c.reduce_lr_factor, patience=c.reduce_lr, min_lr=c.min_lr)
+    return (ReduceLROnPlateau(monitor=ctx.monitor, factor=c.reduce_lr_factor, patience=c.reduce_lr, min_lr=c.min_lr)
+            if c.reduce_lr is not None else None)
 
 
 @from_config

@@ -17,6 +17,7 @@ import copy
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -83,11 +84,12 @@ def total_grad_norm(params: list[nn.Parameter]) -> torch.Tensor | None:
 
 
 def check_finite(loss: torch.Tensor, grad_norm: torch.Tensor | None, params: list[nn.Parameter] | None,
-                 epoch: int, step: int, lr: float) -> None:
+                 epoch: int, step: int, lr: float, agree: Callable[[bool], bool] = bool) -> None:
     """One host sync: raise NonFiniteLoss when the loss or the gradient norm is NaN / Inf.
 
     `params`: where to take the gradient norm from when `grad_norm` is None; None skips the gradient check (with
-    fp16 the GradScaler itself skips steps with overflowed gradients).
+    fp16 the GradScaler itself skips steps with overflowed gradients). `agree`: how the verdict becomes one for
+    every rank of a distributed run (any rank's NaN stops them all at the same step).
     """
     bad = ~torch.isfinite(loss.detach())
     if params is not None:
@@ -95,7 +97,7 @@ def check_finite(loss: torch.Tensor, grad_norm: torch.Tensor | None, params: lis
             grad_norm = total_grad_norm(params)
         if grad_norm is not None:
             bad = bad | ~torch.isfinite(grad_norm)
-    if bool(bad):
+    if agree(bool(bad)):
         finite_loss = bool(torch.isfinite(loss.detach()))
         what, value = ("gradient norm", float(grad_norm.detach())) if finite_loss else ("loss", float(loss.detach()))
         raise NonFiniteLoss(what, value, epoch, step, lr)

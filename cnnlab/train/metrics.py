@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from cnnlab.train import dist
+
 
 class MetricAccumulator:
     """Sum of losses, a confusion matrix and top-k hits over an epoch."""
@@ -56,6 +58,21 @@ class MetricAccumulator:
             onehot = torch.nn.functional.one_hot(target, self.num_classes).float()
             self.sq_err += (probs - onehot).pow(2).mean(dim=1).sum().double()
             self.abs_err += (probs - onehot).abs().mean(dim=1).sum().double()
+
+    def all_reduce(self) -> MetricAccumulator:
+        """Sum every rank's counts into this accumulator (distributed runs; a no-op in a single process)."""
+        if dist.active():
+            for k in ("loss_sum", "confusion", "topk_hits", "sq_err", "abs_err"):
+                dist.all_reduce_sum(getattr(self, k))
+            self.count = int(dist.all_reduce_sum(torch.tensor([self.count], dtype=torch.int64)).item())
+        return self
+
+    def reduced_copy(self) -> MetricAccumulator:
+        """The sums over every rank, leaving this rank's own counts untouched (for a checkpoint mid-epoch)."""
+        copy = MetricAccumulator(self.num_classes, self.device, self.top_k or 0, self.regression)
+        copy.top_k = self.top_k
+        copy.load_state_dict(self.state_dict())
+        return copy.all_reduce()
 
     def compute(self, prefix: str = "") -> dict[str, float]:
         """Keras-style names: loss, accuracy, top5_accuracy, precision, recall, f1, balanced_accuracy."""

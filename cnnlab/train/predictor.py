@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError
+from cnnlab.train import dist
 from cnnlab.train.metrics import MetricAccumulator, binary_scores
 
 
@@ -74,12 +75,18 @@ class Predictor:
 
     @torch.no_grad()
     def evaluate(self, batches: Any, prefix: str = "val_") -> tuple[dict[str, float], list[list[int]]]:
-        """Metrics with `prefix` and the confusion matrix over all of `batches` (an object with .batches())."""
+        """Metrics with `prefix` and the confusion matrix over all of `batches` (an object with .batches()).
+
+        Sharded batches (a distributed run) are evaluated exactly: each rank counts its part of every batch, the
+        counts are summed over the ranks and the two-class scores gathered, so every image counts once.
+        """
         self.model.eval()
         acc = MetricAccumulator(self.num_classes, self.device, self.top_k, self.regression)
         binary = self.num_classes == 2
         scores, targets = [], []  # two classes: P(class 1) for ROC AUC / PR AUC
         for xb, yb in _iterate(batches):
+            if len(yb) == 0:  # a rank's part of a batch smaller than the world
+                continue
             with autocast(self.device, self.precision):
                 out = main_output(self.model(self.preprocess(xb)))
                 loss = self.loss_fn(out, yb)
@@ -90,9 +97,17 @@ class Predictor:
                 targets.append(yb)
                 pred = self.decide(probs)
             acc.update(out.float(), yb, loss, pred)
+        sharded = getattr(batches, "shard", None) is not None
+        if sharded:
+            acc.all_reduce()
         logs = acc.compute(prefix)
-        if binary and scores:
-            logs.update(binary_scores(torch.cat(targets), torch.cat(scores), prefix))
+        if binary:
+            target = torch.cat(targets) if targets else torch.empty(0, dtype=torch.int64, device=self.device)
+            score = torch.cat(scores) if scores else torch.empty(0, device=self.device)
+            if sharded:
+                target, score = dist.gather_cat(target), dist.gather_cat(score.float())
+            if len(target):
+                logs.update(binary_scores(target, score, prefix))
         return logs, acc.confusion_matrix()
 
 

@@ -4,7 +4,8 @@ A state holds the position to continue from (epoch, step within the epoch), the 
 schedule, grad scaler, every callback's state, the history, the epoch's partial train-metric accumulators, and
 the torch / CUDA / numpy / Python RNG states. It holds tensors and plain Python values only, so it is read back
 with torch.load(weights_only=True). The same dict serves a resumed run (from last_state.pt) and a NaN rollback
-(from the in-memory copy).
+(from the in-memory copy). A distributed run also saves every rank's RNG states (`rng_by_rank`), so it resumes
+exactly with the same world size.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from cnnlab.errors import CnnlabError
+from cnnlab.train import dist
 
 if TYPE_CHECKING:
     from cnnlab.train.trainer import Trainer
@@ -54,6 +56,8 @@ def capture_state(trainer: Trainer, epoch: int, step: int, extra: dict[str, Any]
     The returned tensors may alias live ones: torch.save it, or copy.deepcopy it to keep it in memory.
     """
     metrics = trainer.train_metrics
+    if step > 0 and dist.active():
+        metrics = metrics.reduced_copy()  # the epoch so far over every rank (rank 0 continues it on a resume)
     return {
         "format": FORMAT, "epoch": epoch, "step": step, "global_step": trainer.global_step,
         "model": {k: v.detach() for k, v in trainer.model.state_dict().items()},
@@ -67,6 +71,8 @@ def capture_state(trainer: Trainer, epoch: int, step: int, extra: dict[str, Any]
         "stop_training": bool(trainer.stop_training),
         "micro_batches": trainer.micro_batches,
         "rng": capture_rng(),
+        **({"rng_by_rank": dist.all_gather_object(capture_rng()), "world_size": dist.world_size()}
+           if dist.active() else {}),
         **(extra or {}),
     }
 
@@ -108,5 +114,7 @@ def restore_state(trainer: Trainer, state: dict[str, Any], rng: bool = True) -> 
     trainer.resume_metrics = state.get("train_metrics")
     trainer.micro_batches = max(trainer.micro_batches, int(state.get("micro_batches", 1)))
     if rng:
-        restore_rng(state["rng"])
+        by_rank = state.get("rng_by_rank")
+        same_world = by_rank is not None and len(by_rank) == dist.world_size()
+        restore_rng(by_rank[dist.rank()] if same_world else state["rng"])
     return int(state["epoch"]), int(state["step"])

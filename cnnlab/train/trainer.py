@@ -14,6 +14,7 @@ What hooks in, and how:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from torch import nn
 
 from cnnlab.data.loader import TensorBatches
 from cnnlab.errors import CnnlabError
+from cnnlab.train import dist
 from cnnlab.train.callbacks import Callback
 from cnnlab.train.checkpoint import save_weights
 from cnnlab.train.faults import (
@@ -91,8 +93,11 @@ class Trainer:
                  top_k: int = 5, regression: bool = False, grad_clip: float | None = None,
                  console: Console | None = None, scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
                  recovery: Recovery | None = None, events: EventLog | None = None,
-                 headline_metrics: list[str] | None = None) -> None:
+                 headline_metrics: list[str] | None = None, train_model: nn.Module | None = None) -> None:
         self.model, self.loss_fn, self.optimizer, self.scheduler = model, loss_fn, optimizer, scheduler
+        # the module the training forward runs through: the model, or its DistributedDataParallel wrapper
+        self.train_model = train_model if train_model is not None else model
+        self.is_writer = dist.is_writer()  # rank 0 (or the only process) writes files
         self.num_classes = num_classes
         self.preprocess, self.augment = preprocess, augment
         self.device, self.precision = device, precision
@@ -119,7 +124,8 @@ class Trainer:
         self.console.print(message, markup=False, soft_wrap=True)
 
     def save_weights(self, path: str | Path) -> None:
-        save_weights(self.model, path)
+        if self.is_writer:
+            save_weights(self.model, path)
 
     def base_lrs(self) -> list[float]:
         if self.scheduler is not None:
@@ -159,9 +165,9 @@ class Trainer:
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip) if self.grad_clip else None
-        if check_step is not None:
+        if check_step is not None:  # distributed: every rank decides alike (the gradients are already averaged)
             params = [p for p in self.model.parameters() if p.requires_grad] if self.scaler is None else None
-            check_finite(loss, grad_norm, params, self.epoch, check_step, self.lr)
+            check_finite(loss, grad_norm, params, self.epoch, check_step, self.lr, agree=dist.any_rank)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -201,23 +207,38 @@ class Trainer:
 
     def _forward_backward_parts(self, x: torch.Tensor, target: torch.Tensor,
                                 parts: int) -> tuple[torch.Tensor, torch.Tensor]:
+        # distributed: DDP averages the ranks' gradients; a rank's part of the global batch weighs by its size
+        weight = self._rank_weight(x.shape[0]) if dist.active() else None
         if parts == 1:
             with autocast(self.device, self.precision):
-                loss, logits = self.compute_loss(self.model(x), target)
-            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+                loss, logits = self.compute_loss(self.train_model(x), target)
+            scaled = loss if weight is None else loss * weight
+            (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             return loss, logits
         n = x.shape[0]
         size = math.ceil(n / parts)
         losses, all_logits = [], []
         for lo in range(0, n, size):
             xc, tc = x[lo : lo + size], target[lo : lo + size]
-            with autocast(self.device, self.precision):
-                loss, logits = self.compute_loss(self.model(xc), tc)
-            share = xc.shape[0] / n  # each part's mean loss weighted by its share: the gradient of the whole batch
-            (self.scaler.scale(loss * share) if self.scaler is not None else loss * share).backward()
-            losses.append(loss.detach().float() * share)
+            last = lo + size >= n
+            with self._sync(last):
+                with autocast(self.device, self.precision):
+                    loss, logits = self.compute_loss(self.train_model(xc), tc)
+                share = xc.shape[0] / n * (weight or 1.0)  # each part's mean loss by its share: the batch's gradient
+                (self.scaler.scale(loss * share) if self.scaler is not None else loss * share).backward()
+            losses.append(loss.detach().float() * xc.shape[0] / n)
             all_logits.append(logits.detach())
         return torch.stack(losses).sum(), torch.cat(all_logits)
+
+    def _rank_weight(self, n_local: int) -> float:
+        """world * n_local / n_global: with it DDP's mean over ranks is the mean over the whole global batch."""
+        n_global = int(dist.all_reduce_sum(torch.tensor([n_local], dtype=torch.int64)).item())
+        return dist.world_size() * n_local / n_global
+
+    def _sync(self, last: bool):
+        """DDP: all-reduce the gradients only after the last part of a split batch."""
+        no_sync = getattr(self.train_model, "no_sync", None)
+        return contextlib.nullcontext() if last or no_sync is None else no_sync()
 
     # -- epochs ----------------------------------------------------------------------------------------------
     def fit(self, train: TensorBatches, val: TensorBatches | None, epochs: int, start_epoch: int = 0,
@@ -260,16 +281,17 @@ class Trainer:
                     raise
                 start_step = self.recovery.recover(e)  # the last good state of this epoch, a lower lr
                 self._reset_epoch_metrics(start_step)
-        logs = self.train_metrics.compute()
+        logs = self.train_metrics.all_reduce().compute()  # over every rank's part of the epoch
         logs["epoch"] = epoch + 1
         logs["lr"] = self.lr
         logs["time"] = time.perf_counter() - t0
         return logs
 
     def _reset_epoch_metrics(self, start_step: int) -> None:
-        """Zero the epoch's train metrics, or continue those saved with a state that resumes mid-epoch."""
+        """Zero the epoch's train metrics, or continue those saved with a state that resumes mid-epoch (saved summed
+        over the ranks: rank 0 continues them, the others start at zero)."""
         self.train_metrics.reset()
-        if start_step and self.resume_metrics is not None:
+        if start_step and self.resume_metrics is not None and dist.rank() == 0:
             self.train_metrics.load_state_dict(self.resume_metrics)
         self.resume_metrics = None
 

@@ -1,7 +1,8 @@
 """Bottleneck features: pooled pre-logits of a frozen backbone, computed once and cached on disk.
 
 Cached per (backbone weights, model, data, geometry, normalisation, views, precision) under
-`$CNNLAB_CACHE_DIR/features` (default ~/.cache/cnnlab/features); a damaged entry is recomputed, never fatal.
+`$CNNLAB_CACHE_DIR/features` (default ~/.cache/cnnlab/features); a damaged entry is recomputed, never fatal. A
+distributed run computes them sharded: each rank its part of every split, gathered in order on every rank.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from torch import nn
 from cnnlab.config import Config
 from cnnlab.data.cache import features_cache_dir
 from cnnlab.data.dataset import DecodedSplit, ImageGeometry
+from cnnlab.data.loader import rank_slice
 from cnnlab.data.preprocess import Normalization
 from cnnlab.errors import CnnlabError
+from cnnlab.train import dist
 from cnnlab.transfer.groups import classifier_param_names
 
 FEATURE_VERSION = 1  # bump when the feature computation changes: old cache entries are then never reused
@@ -137,11 +140,12 @@ def load_or_compute_features(model: nn.Module, cfg: Config, splits: dict[str, De
     xs, ys = {}, {}
     for name, sp in splits.items():
         views = cfg.transfer.views if name == "train" else 1
-        feats = [extract_features(model, augmented_view(sp.x, v, cfg.train.seed), preprocess, device, precision)
-                 for v in range(views)]
+        lo, hi = rank_slice(len(sp.x), dist.rank(), dist.world_size())  # distributed: each rank its part
+        feats = [dist.gather_cat(extract_features(model, augmented_view(sp.x[lo:hi], v, cfg.train.seed), preprocess,
+                                                  device, precision)) for v in range(views)]
         xs[name], ys[name] = torch.cat(feats), sp.y.repeat(views)
     fs = FeatureSet(xs, ys, key, path if cfg.transfer.cache else None, False, time.perf_counter() - t0)
-    if cfg.transfer.cache:
+    if cfg.transfer.cache and dist.is_writer():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         save_file({**{f"{s}.x": v.contiguous() for s, v in xs.items()},

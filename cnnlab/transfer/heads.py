@@ -60,7 +60,8 @@ class FeatureTrainer(Trainer):
         self.full_model = full_model
 
     def save_weights(self, path: str | Path) -> None:
-        save_weights(self.full_model, path)
+        if self.is_writer:
+            save_weights(self.full_model, path)
 
     def fit(self, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
         """One CPU thread: a head's ops are tiny, and with two threads every op waits at a barrier for the

@@ -1,0 +1,235 @@
+"""Distributed training on this CPU: gloo, 2 processes. Exact distributed evaluation and sharded features (two
+processes started here), `cnnlab train --nproc 2` against one process, one writer, a killed rank and its resume,
+ranks that disagree, and the learning-rate rule.
+
+Why two processes are not bit-identical to one: the ranks' gradients are averaged by an all-reduce, so float
+sums run in another order (and bf16 kernels see per-rank batch shapes); in fp32 the metrics agree to the 4th
+decimal after 3 epochs. Dropout and augmentation draw per rank; batch-norm statistics are per rank unless SyncBN.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+from conftest import REPO, dataset_path, run_cli
+from safetensors.torch import load_file
+
+from cnnlab.runs import RunDir
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- two processes started here: exact evaluation, sharded features --------------------------------------------
+
+
+def _worker(rank: int, world: int, port: int, out: str) -> None:
+    import torch.distributed as tdist
+
+    from cnnlab.data.loader import TensorBatches
+    from cnnlab.models import create_model
+    from cnnlab.train.predictor import Predictor
+    from cnnlab.transfer.features import extract_features
+
+    torch.set_num_threads(1)
+    tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    x, y, model = _data_and_model(create_model)
+    predictor = Predictor(model, lambda b: b.float() / 255, torch.device("cpu"), num_classes=3,
+                          loss_fn=torch.nn.CrossEntropyLoss())
+    logs, cm = predictor.evaluate(TensorBatches(x, y, 50, False, shard=(rank, world)), prefix="")
+    lo, hi = (0, 103) if rank == 0 else (103, 205)
+    from cnnlab.train import dist
+
+    feats = dist.gather_cat(extract_features(model, x[lo:hi], lambda b: b.float() / 255, torch.device("cpu")))
+    if rank == 0:
+        torch.save({"logs": logs, "cm": cm, "features": feats}, out)
+    tdist.destroy_process_group()
+
+
+def _data_and_model(create_model):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 255, (205, 1, 12, 12), dtype=torch.uint8, generator=g)  # 205: not divisible by 2 or 50
+    y = torch.randint(0, 3, (205,), generator=g)
+    torch.manual_seed(0)
+    model = create_model("seed_cnn", 3, in_chans=1, input_size=(12, 12)).eval()
+    return x, y, model
+
+
+def test_distributed_evaluation_counts_every_image_once_and_equals_one_process(tmp_path):
+    from cnnlab.data.loader import TensorBatches
+    from cnnlab.models import create_model
+    from cnnlab.train.predictor import Predictor
+    from cnnlab.transfer.features import extract_features
+
+    out = tmp_path / "rank0.pt"
+    mp.start_processes(_worker, args=(2, free_port(), str(out)), nprocs=2, start_method="spawn")
+    got = torch.load(out, weights_only=False)
+    x, y, model = _data_and_model(create_model)
+    single = Predictor(model, lambda b: b.float() / 255, torch.device("cpu"), num_classes=3,
+                       loss_fn=torch.nn.CrossEntropyLoss())
+    logs, cm = single.evaluate(TensorBatches(x, y, 50, False), prefix="")
+    assert got["cm"] == cm and sum(map(sum, cm)) == 205  # every image once: no padding, no duplicate
+    assert got["logs"]["accuracy"] == logs["accuracy"] and got["logs"]["f1"] == logs["f1"]
+    assert got["logs"]["loss"] == pytest.approx(logs["loss"], rel=1e-5)
+    features = extract_features(model, x, lambda b: b.float() / 255, torch.device("cpu"))
+    torch.testing.assert_close(got["features"], features, rtol=1e-4, atol=1e-5)  # in order, all 205 rows
+
+
+# -- cnnlab train --nproc 2 --------------------------------------------------------------------------------------
+
+
+def train(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return run_cli("train", *args, "--quiet", "--no-tensorboard", "--precision", "fp32", cwd=cwd, timeout=300)
+
+
+def history(run: Path) -> list[dict[str, str]]:
+    with open(run / RunDir.METRICS_CSV, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def digits_runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("ddp")
+    one = train("digits", "--epochs", "3", "--out", str(base / "one"), cwd=base)
+    two = train("digits", "--epochs", "3", "--nproc", "2", "--out", str(base / "two"), cwd=base)
+    assert one.returncode == 0, one.stderr
+    assert two.returncode == 0, two.stderr
+    return base / "one", base / "two", two
+
+
+def test_two_processes_train_as_one_within_tolerance(digits_runs):
+    one, two, _ = digits_runs
+    a, b = history(one), history(two)
+    assert len(a) == len(b) == 3
+    for ra, rb in zip(a, b):  # fp32: the same batches and updates, sums in another order
+        assert float(rb["loss"]) == pytest.approx(float(ra["loss"]), rel=1e-3)
+        assert abs(float(rb["val_accuracy"]) - float(ra["val_accuracy"])) <= 2 / 359  # at most 2 of 359 images
+    wa, wb = load_file(one / RunDir.LAST), load_file(two / RunDir.LAST)
+    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-3
+
+
+def test_only_rank_0_writes_and_config_yaml_says_how_the_run_was_split(digits_runs):
+    one, two, result = digits_runs
+    assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
+    assert result.stdout.count("Epoch 1/3") == 1 and result.stderr.strip() == ""  # one rank speaks
+    split = json.loads(json.dumps(__import__("yaml").safe_load((two / RunDir.CONFIG).read_text())["resolved"]))
+    assert split["distributed"]["world_size"] == 2 and split["distributed"]["per_rank_batch"] == [64, 64]
+
+
+def test_distributed_val_metrics_equal_single_process_evaluate_of_the_same_weights(digits_runs):
+    _, two, _ = digits_runs
+    ev = run_cli("evaluate", str(two), "--weights", "last", "--json", str(two.parent / "ev.json"), timeout=120)
+    assert ev.returncode == 0, ev.stderr
+    single = json.loads((two.parent / "ev.json").read_text())
+    last = history(two)[-1]  # the last epoch, evaluated by 2 ranks on 180 + 179 val images
+    assert single["count"] == 359
+    assert float(last["val_accuracy"]) == pytest.approx(single["accuracy"], abs=1e-6)
+    assert float(last["val_loss"]) == pytest.approx(single["loss"], rel=1e-5)
+
+
+def test_mnist_subset_trains_with_two_processes(tmp_path):
+    from cnnlab.data.readers import read_idx
+
+    root = dataset_path("mnist")
+    x = read_idx(next(root.glob("train-images*")))[:6000]
+    y = read_idx(next(root.glob("train-labels*")))[:6000]
+    np.savez(tmp_path / "mnist6k.npz", x=x, y=y)
+    runs = {n: train(str(tmp_path / "mnist6k.npz"), "--epochs", "2", "--nproc", str(n), "--out",
+                     str(tmp_path / f"p{n}"), cwd=tmp_path) for n in (1, 2)}
+    assert all(r.returncode == 0 for r in runs.values()), runs[2].stderr
+    acc = {n: json.loads((tmp_path / f"p{n}" / RunDir.METRICS).read_text())["val"]["accuracy"] for n in runs}
+    assert acc[2] > 0.95 and abs(acc[2] - acc[1]) < 0.01
+
+
+def _pids_of_rank(out: Path, rank: int) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if str(out) in (proc / "cmdline").read_text() and f"RANK={rank}" in \
+                    (proc / "environ").read_bytes().decode(errors="ignore").split("\0"):
+                found.append(int(proc.name))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def test_a_killed_rank_stops_the_job_with_one_message_and_resume_finishes_it(tmp_path):
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 1600)
+    x = rng.integers(0, 90, (1600, 28, 28)).astype(np.uint8)
+    for c in range(4):
+        x[y == c, c * 7 : (c + 1) * 7, :] += 60
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    opts = [str(tmp_path / "d.npz"), "--nproc", "2", "--epochs", "3", "--batch-size", "16", "--checkpoint-every", "5",
+            "--model-arg", "dropout=0.3", "--quiet", "--no-tensorboard"]
+    args = [sys.executable, "-m", "cnnlab", "train", *opts, "--out", str(out)]
+    job = subprocess.Popen(args, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / RunDir.STATE).exists():  # killed mid-run, after a checkpoint
+        assert job.poll() is None and time.monotonic() < deadline, job.communicate()[1][-2000:]
+        time.sleep(0.05)
+    victims = _pids_of_rank(out, 1)
+    assert victims
+    os.kill(victims[0], signal.SIGKILL)
+    t0 = time.monotonic()
+    _, err = job.communicate(timeout=60)
+    assert time.monotonic() - t0 < 30
+    assert job.returncode == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "worker rank 1 was killed by SIGKILL" in lines[0] and "--resume" in lines[0], err
+    resumed = run_cli("train", "--resume", str(out), "--quiet", cwd=tmp_path, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert [r["epoch"] for r in history(out)] == ["1", "2", "3"]  # every epoch once
+    assert json.loads((out / RunDir.METRICS).read_text())["epochs_run"] == 3
+    # the same world size resumes exactly: every rank's RNG (dropout) and the epoch's partial metrics were saved
+    reference = run_cli("train", *opts, "--out", str(tmp_path / "reference"), cwd=tmp_path, timeout=300)
+    assert reference.returncode == 0, reference.stderr
+    a, b = load_file(out / RunDir.LAST), load_file(tmp_path / "reference" / RunDir.LAST)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    drop_time = [[v for k, v in row.items() if k != "time"] for row in history(out)]
+    assert drop_time == [[v for k, v in row.items() if k != "time"] for row in history(tmp_path / "reference")]
+
+
+def test_ranks_with_different_configs_are_refused(tmp_path):
+    port = free_port()
+    procs = []
+    for rank, seed in ((0, "0"), (1, "1")):
+        env = {**os.environ, "PYTHONPATH": str(REPO), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+               "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": "2"}
+        procs.append(subprocess.Popen([sys.executable, "-m", "cnnlab", "train", "digits", "--seed", seed,
+                                       "--epochs", "1", "--out", str(tmp_path / "run")], env=env, cwd=tmp_path,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    results = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [2, 2]
+    assert "ranks 1 run a different config than rank 0" in results[0][1]
+    assert results[1][1].strip() == ""  # rank 0 speaks for the job
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_linear_scaling_rule_is_printed_and_written(tmp_path):
+    r = train("digits", "--epochs", "1", "--batch-size", "256", "--scale-lr", "--out", str(tmp_path / "run"),
+              cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "learning rate 0.003 x global batch 256 / 128 = 0.006" in r.stdout
+    saved = __import__("yaml").safe_load((tmp_path / "run" / RunDir.CONFIG).read_text())
+    assert saved["train"]["lr"] == pytest.approx(0.006) and saved["distributed"]["scale_lr"] is False
+    assert saved["resolved"]["distributed"]["lr_rule"]["rule"] == "linear"
