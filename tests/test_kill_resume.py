@@ -53,28 +53,36 @@ def start_train(data: Path, out: Path) -> subprocess.Popen:
                             text=True)
 
 
+_SEEN: dict[Path, tuple[int, int]] = {}  # path -> (mtime_ns, global step) of the last read
+
+
 def saved_step(run: Path) -> int:
-    """Global step of the run's checkpoint on disk (-1 when there is none yet)."""
+    """Global step of the run's checkpoint on disk (-1 when there is none yet). Read again only when the file
+    changed, and memory-mapped: a busy machine must not slow the poller down until a child finishes unseen."""
     path = run / "last_state.pt"
-    if not path.exists():
-        return -1
     try:
-        return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
-    except (OSError, RuntimeError, EOFError):  # replaced between exists() and open(): try again next poll
+        mtime = path.stat().st_mtime_ns
+        if path in _SEEN and _SEEN[path][0] == mtime:
+            return _SEEN[path][1]
+        step = int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+    except (OSError, RuntimeError, EOFError):  # none yet, or replaced while reading: try again next poll
         return -1
+    _SEEN[path] = (mtime, step)
+    return step
 
 
 def interrupt_when(procs: dict[str, tuple[subprocess.Popen, Path, int, int]], timeout: float = 240) -> dict:
-    """Send each child its signal once its checkpoint reaches the target step (plus a random delay)."""
+    """Send each child its signal once its checkpoint reaches the target step (plus a random delay). Children are
+    waited for only at the end, so waiting for one never keeps the poller from the others."""
     rng = random.Random(7)
     delays = {name: rng.uniform(0.0, 0.15) for name in procs}
-    done: dict[str, dict] = {}
+    signaled: set[str] = set()
     deadline = time.monotonic() + timeout
-    while len(done) < len(procs):
-        late = sorted(set(procs) - set(done))
+    while len(signaled) < len(procs):
+        late = sorted(set(procs) - signaled)
         assert time.monotonic() < deadline, f"children did not reach their kill points: {late}"
         for name, (proc, run, target, sig) in procs.items():
-            if name in done:
+            if name in signaled:
                 continue
             assert proc.poll() is None, f"{name} ended before it was interrupted: {proc.communicate()[1][-2000:]}"
             if saved_step(run) >= target:
@@ -82,9 +90,12 @@ def interrupt_when(procs: dict[str, tuple[subprocess.Popen, Path, int, int]], ti
                     proc.send_signal(signal.SIGSTOP)
                 time.sleep(delays[name])
                 proc.send_signal(sig)
-                out, err = proc.communicate(timeout=120)
-                done[name] = {"rc": proc.returncode, "stderr": err, "state_step": saved_step(run)}
+                signaled.add(name)
         time.sleep(0.03)
+    done = {}
+    for name, (proc, run, _, _) in procs.items():
+        _, err = proc.communicate(timeout=120)
+        done[name] = {"rc": proc.returncode, "stderr": err, "state_step": saved_step(run)}
     return done
 
 
