@@ -8,7 +8,9 @@
 from __future__ import annotations
 
 import csv
+import json
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -23,7 +25,7 @@ from cnnlab.data.loader import TensorBatches
 from cnnlab.data.readers import list_images, load_source
 from cnnlab.errors import CnnlabError
 from cnnlab.models.rewrite import pool_before_activation
-from cnnlab.recipe import build_model, build_predictor
+from cnnlab.recipe import build_model, build_predictor, build_preprocess
 from cnnlab.runs import RunDir
 from cnnlab.train.checkpoint import load_weights_file
 from cnnlab.train.metrics import per_class_report
@@ -103,6 +105,31 @@ def evaluate(run: Run | str | Path, data: str | None = None, split: str = "auto"
     """
     if not isinstance(run, Run):
         run = load_run(run)
+    images = load_images(run, data, split)
+    dev = run.predictor.device
+    batches = TensorBatches(images.x.to(dev), images.y.to(dev), run.config.train.eval_batch_size, False)
+    logs, cm = run.predictor.evaluate(batches, prefix="")
+    if run.predictor.decision_threshold is not None:
+        logs["decision_threshold"] = run.predictor.decision_threshold
+    return {"data": images.data, "split": images.split, "count": len(images.y), **logs, "confusion_matrix": cm,
+            "per_class": per_class_report(cm, run.class_names), "skipped": images.skipped}
+
+
+@dataclass
+class LabelledImages:
+    """A decoded split in the run's geometry, labels in the run's class order."""
+
+    data: str
+    split: str
+    x: torch.Tensor  # (N, C, H, W) uint8
+    y: torch.Tensor  # (N,) int64
+    ids: list[str]
+    skipped: int
+
+
+def load_images(run: Run, data: str | None = None, split: str = "auto") -> LabelledImages:
+    """The images `evaluate` scores: a split of `data` (default: the run's own, its val split recreated with the
+    run's seed), decoded to the run's geometry."""
     cfg = run.config
     data = data or cfg.data.source
     same = _same_source(data, cfg.data.source)
@@ -118,13 +145,7 @@ def evaluate(run: Run | str | Path, data: str | None = None, split: str = "auto"
     labels = _map_labels(src.class_names, run.class_names, data)
     decoded = decode_split(src, src.splits[split], run.geometry, d.resize)
     y = torch.from_numpy(labels[decoded.y.numpy()])
-    dev = run.predictor.device
-    batches = TensorBatches(decoded.x.to(dev), y.to(dev), cfg.train.eval_batch_size, False)
-    logs, cm = run.predictor.evaluate(batches, prefix="")
-    if run.predictor.decision_threshold is not None:
-        logs["decision_threshold"] = run.predictor.decision_threshold
-    return {"data": str(data), "split": split, "count": len(y), **logs, "confusion_matrix": cm,
-            "per_class": per_class_report(cm, run.class_names), "skipped": len(decoded.skipped)}
+    return LabelledImages(str(data), split, decoded.x, y, decoded.ids, len(decoded.skipped))
 
 
 def _map_labels(data_classes: list[str], run_classes: list[str], data: str) -> np.ndarray:
@@ -136,37 +157,74 @@ def _map_labels(data_classes: list[str], run_classes: list[str], data: str) -> n
 
 
 def predict(run: Run | str | Path, inputs: list[str] | str, csv_path: str | None = None,
-            id_format: str = "auto") -> list[dict[str, Any]]:
+            id_format: str = "auto", backend: str = "torch") -> list[dict[str, Any]]:
     """Predicted class and probabilities for each image; optionally a Kaggle-style CSV (id, label, probs).
 
     id_format: "name" (file name, as Kaggle ids usually are), "stem" (without extension), "path" (relative
-    path), or "auto" (the file name).
+    path), or "auto" (the file name). backend: "torch", or "onnx" (RUN/export/model.onnx, `cnnlab export`).
+    Images are decoded on several threads, a batch ahead of the model.
     """
     if not isinstance(run, Run):
         run = load_run(run)
     if isinstance(inputs, (str, Path)):
         inputs = [str(inputs)]
+    predictor = backend_predictor(run, backend)
     items = list_images([str(i) for i in inputs])
-    geom = run.geometry
-    arrays, ids, skipped = [], [], []
-    for ident, read in items:
-        try:
-            arrays.append(decode_image(read(), geom.channels, geom.size[0], run.config.data.resize))
-            ids.append(ident)
-        except Exception as e:  # noqa: BLE001  (a bad image is reported, never fatal)
-            skipped.append((ident, f"{type(e).__name__}"))
-    if not arrays:
+    rows, skipped = [], []
+    for ids, x, bad in decoded_batches(items, run.geometry, run.config.data.resize, run.config.train.eval_batch_size):
+        skipped += bad
+        if not ids:
+            continue
+        probs = predictor.predict_proba(x, run.config.train.eval_batch_size)
+        rows += [{"id": format_id(ident, id_format), "label": run.class_names[int(k)], "confidence": float(p[int(k)]),
+                  "probabilities": dict(zip(run.class_names, map(float, p)))}
+                 for ident, p, k in zip(ids, probs, predictor.decide(probs))]
+    if not rows:
         raise CnnlabError(f"none of the {len(items)} images could be decoded")
-    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-    probs = run.predictor.predict_proba(x, run.config.train.eval_batch_size)
-    decided = run.predictor.decide(probs)
-    rows = [{"id": format_id(ident, id_format), "label": run.class_names[int(k)], "confidence": float(p[int(k)]),
-             "probabilities": dict(zip(run.class_names, map(float, p)))} for ident, p, k in zip(ids, probs, decided)]
     if csv_path:
         write_predictions_csv(rows, csv_path, run)
     for ident, reason in skipped:
         print(f"warning: skipped {ident} ({reason})", file=sys.stderr)
     return rows
+
+
+def backend_predictor(run: Run, backend: str) -> Any:
+    """The run's Predictor, or an ONNX Runtime one on its exported model."""
+    if backend == "torch":
+        return run.predictor
+    if backend != "onnx":
+        raise CnnlabError(f"unknown --backend '{backend}': choose torch or onnx")
+    folder = RunDir(run.dir).file(RunDir.EXPORT)
+    spec_path = folder / "model.json"
+    spec = json.loads(spec_path.read_text(encoding="utf-8")) if spec_path.is_file() else {}
+    if spec.get("format") != "onnx":
+        raise CnnlabError(f"{run.dir} has no ONNX export: run `cnnlab export {run.dir}` first")
+    from cnnlab.export.runtime import OnnxPredictor
+
+    preprocess = build_preprocess(run.config, torch.device("cpu"), False, RunDir(run.dir).read_whitening())
+    return OnnxPredictor(folder / spec["file"], spec, preprocess, run.predictor.decision_threshold)
+
+
+def decoded_batches(items: list[tuple[str, Any]], geom: ImageGeometry, resize: str, batch: int,
+                    threads: int = 4):
+    """(ids, uint8 (B, C, H, W), skipped) per batch of `items`, decoded on `threads` threads, one batch ahead."""
+    def decode(item: tuple[str, Any]) -> np.ndarray | str:
+        try:
+            return decode_image(item[1](), geom.channels, geom.size[0], resize)
+        except Exception as e:  # noqa: BLE001  (a bad image is reported, never fatal)
+            return type(e).__name__
+
+    chunks = [items[i : i + batch] for i in range(0, len(items), batch)]
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        pending = [pool.submit(decode, it) for it in chunks[0]] if chunks else []
+        for k in range(len(chunks)):
+            results = [f.result() for f in pending]
+            pending = [pool.submit(decode, it) for it in chunks[k + 1]] if k + 1 < len(chunks) else []
+            ok = [(it[0], r) for it, r in zip(chunks[k], results) if not isinstance(r, str)]
+            bad = [(it[0], r) for it, r in zip(chunks[k], results) if isinstance(r, str)]
+            x = (torch.from_numpy(np.stack([r for _, r in ok])).permute(0, 3, 1, 2).contiguous() if ok else
+                 torch.empty(0, dtype=torch.uint8))
+            yield [i for i, _ in ok], x, bad
 
 
 def format_id(ident: str, fmt: str) -> str:

@@ -24,6 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", default="best", choices=("best", "last"))
     p.add_argument("--device")
     p.add_argument("--show", type=int, default=20, help="rows to print (default 20)")
+    p.add_argument("--backend", default="torch", choices=("torch", "onnx"),
+                   help="torch, or onnx: ONNX Runtime on RUN/export/model.onnx (cnnlab export RUN)")
     p.set_defaults(func=predict)
 
 
@@ -71,7 +73,7 @@ def predict(args: argparse.Namespace) -> int:
     from cnnlab.inference import load_run, predict
 
     run = load_run(args.run, weights=args.weights, device=args.device)
-    rows = predict(run, args.inputs, args.csv, id_format=args.id_format)
+    rows = predict(run, args.inputs, args.csv, id_format=args.id_format, backend=args.backend)
     console = Console(highlight=False)
     table = Table()
     for col in ("id", "label", "confidence"):
