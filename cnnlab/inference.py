@@ -71,14 +71,18 @@ class Run:
         return predict(self, inputs, csv_path)
 
 
-def load_run(path: str | Path, weights: str = "best", device: str | None = None) -> Run:
-    """Rebuild a trained model from its run folder (config.yaml, classes.json, best or last weights)."""
+def load_run(path: str | Path, weights: str = "best", device: str | None = None,
+             precision: str | None = None) -> Run:
+    """Rebuild a trained model from its run folder (config.yaml, classes.json, best or last weights).
+
+    device / precision: where and how to predict (default: the run's own; e.g. precision "fp32" on a bf16 run
+    gives exactly what an fp32 export computes)."""
     run = RunDir.open(path)
     cfg = run.read_config()
     cfg.freeze()
     classes = run.read_classes()
     dev = resolve_device(device or cfg.train.device)
-    precision = resolve_precision(cfg.train.precision, dev)
+    precision = resolve_precision(precision or cfg.train.precision, dev)
     d = cfg.data
     model = build_model(cfg, len(classes), ImageGeometry((d.image_size, d.image_size), d.channels),
                         load_weights=False)  # the run's own weights are loaded below

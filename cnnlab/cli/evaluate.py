@@ -14,6 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="auto", help="test, val, train, or auto (test, else held-out val)")
     p.add_argument("--weights", default="best", choices=("best", "last"))
     p.add_argument("--device")
+    p.add_argument("--precision", help="fp32, bf16 or fp16 (default: the run's own)")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.set_defaults(func=evaluate)
     p = sub.add_parser("predict", help="predict images, folders or zips with a run; --csv for a submission")
@@ -57,7 +58,7 @@ def print_evaluation(result: dict[str, Any], class_names: list[str]) -> None:
 def evaluate(args: argparse.Namespace) -> int:
     from cnnlab.inference import evaluate, load_run
 
-    run = load_run(args.run, weights=args.weights, device=args.device)
+    run = load_run(args.run, weights=args.weights, device=args.device, precision=args.precision)
     result = evaluate(run, args.data, args.split)
     print_evaluation(result, run.class_names)
     if args.json:
