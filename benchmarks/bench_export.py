@@ -56,8 +56,8 @@ def summary(times: list[float], batch: int) -> dict[str, float]:
 
 
 def contenders(run: Any, export_dir: Path) -> dict[str, Any]:
-    from cnnlab.export.runtime import OrtModel
     from cnnlab.recipe import build_preprocess
+    from cnnlab.runtime import OrtModel
 
     model = run.model.cpu().eval()
     pre = build_preprocess(run.config, torch.device("cpu"), True, run.run_dir.read_whitening())

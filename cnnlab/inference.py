@@ -203,7 +203,7 @@ def backend_predictor(run: Run, backend: str) -> Any:
     spec = json.loads(spec_path.read_text(encoding="utf-8")) if spec_path.is_file() else {}
     if spec.get("format") != "onnx":
         raise CnnlabError(f"{run.dir} has no ONNX export: run `cnnlab export {run.dir}` first")
-    from cnnlab.export.runtime import OnnxPredictor
+    from cnnlab.runtime import OnnxPredictor
 
     preprocess = build_preprocess(run.config, torch.device("cpu"), False, RunDir(run.dir).read_whitening())
     return OnnxPredictor(folder / spec["file"], spec, preprocess, run.predictor.decision_threshold)

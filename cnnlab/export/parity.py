@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from cnnlab.errors import CnnlabError
-from cnnlab.export.runtime import OrtModel, to_probabilities
+from cnnlab.runtime import OrtModel, to_probabilities
 
 MIN_AGREEMENT = 0.999
 MAX_PROB_DIFF = 1e-3

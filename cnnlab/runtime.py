@@ -1,4 +1,5 @@
-"""Running an exported model: ONNX Runtime sessions, and `OnnxPredictor` for `cnnlab predict --backend onnx`.
+"""Running an exported model (cnnlab.export): ONNX Runtime sessions, and `OnnxPredictor` for
+`cnnlab predict --backend onnx`.
 
 ONNX Runtime's CPU provider, or its CUDA provider when installed and a GPU is there. `OnnxPredictor` offers what
 inference needs of a Predictor (`predict_proba`, `decide`), so predict and its CSV do not change with the backend.
