@@ -4,6 +4,7 @@ reading, Grad-CAM's layer for every zoo model and timm CNNs, and the command's e
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +54,9 @@ def test_the_confusion_matrix_is_the_one_evaluate_and_metrics_json_give(quad):
     linked = {(int(a["data-true"]), int(a["data-pred"])) for a in parsed.cells}
     assert linked == {(t, p) for t in range(k) for p in range(k) if from_page[t, p]}
     assert f"accuracy {result['accuracy']:.4f}" in page_of(quad).read_text(encoding="utf-8")
+    summary = json.loads((page_of(quad).parent / "summary.json").read_text(encoding="utf-8"))
+    assert summary["confusion_matrix"] == result["confusion_matrix"] and summary["count"] == result["count"]
+    assert summary["accuracy"] == pytest.approx(result["accuracy"]) and summary["target_layer"] == "features"
 
 
 def test_each_cell_panel_shows_exactly_its_images_most_confident_first(quad):

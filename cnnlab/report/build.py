@@ -8,6 +8,7 @@ folder beside the target, which then replaces the previous report, so a report i
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -29,6 +30,21 @@ from cnnlab.report.runinfo import read_run_info
 from cnnlab.report.split import SplitView, open_split
 from cnnlab.report.template import GENERATOR
 from cnnlab.runs import RunDir
+
+SUMMARY = "summary.json"  # the page's headline numbers, beside index.html
+
+
+def summary_of(parts: Parts) -> dict[str, Any]:
+    """The headline numbers of the page, for scripts: data, split, count, metrics, Grad-CAM layer, seconds."""
+    s = parts.scores
+    out = {"data": parts.data, "split": parts.split, "count": s["count"], "accuracy": s["accuracy"],
+           "balanced_accuracy": s["balanced_accuracy"], "macro_f1": s["macro_f1"], "loss": s["loss"],
+           "ece": s["calibration"]["ece"], "confusion_matrix": s["confusion_matrix"].tolist(),
+           "target_layer": parts.trace.target.name if parts.trace.target is not None else None,
+           "target_note": parts.trace.note, "seconds": round(parts.seconds, 3), "phases": parts.phases}
+    if s["binary"]:
+        out.update(roc_auc=s["binary"]["roc_auc"], pr_auc=s["binary"]["pr_auc"], threshold=s["binary"]["threshold"])
+    return out
 
 
 def report_folder(run_dir: RunDir, out: str | Path | None) -> Path:
@@ -126,7 +142,7 @@ def write_report(run: Run | str | Path, data: str | None = None, split: str = "a
                  log: Callable[[str], None] | None = None) -> Path:
     """Write the report of a run on a split of `data` (default: the run's own data; split auto: test if the data
     has one, else the held-out val split). Returns the path of index.html (RUN/report/index.html, or in `out`)."""
-    started = time.perf_counter()
+    clock = Phases()
     if per_cell < 1:
         raise CnnlabError(f"--per-cell must be at least 1, got {per_cell}")
     if not isinstance(run, Run):
@@ -139,6 +155,7 @@ def write_report(run: Run | str | Path, data: str | None = None, split: str = "a
     preds = predict_split(run, view)
     if not len(preds.labels):
         raise CnnlabError(f"the {view.name} split of {view.source.name} has no images to report on")
+    clock.done("predict")
     picks = choose_images(preds, per_cell)
     as_written(run.model)  # exact: feature maps are then shown after their activation, as the model was written
     trace = trace_for(run, view, picks.feature_row or 0)
@@ -146,22 +163,41 @@ def write_report(run: Run | str | Path, data: str | None = None, split: str = "a
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        info = read_run_info(run_dir)
-        parts = Parts(info, f"{run.config.model.name} on {Path(view.source.name).name or view.source.name}: "
+        rendered = render_rows(run, view, preds, picks, trace, tmp)
+        clock.done("images and Grad-CAM")
+        parts = Parts(read_run_info(run_dir), f"{run.config.model.name} on {Path(view.source.name).name}: "
                       f"{run_dir.path.name}", str(data or run.config.data.source), view.name,
                       split_counts(view, len(run.class_names)), view.skipped, preds,
-                      split_scores(preds, run.class_names), picks,
-                      render_rows(run, view, preds, picks, trace, tmp), trace, augment=used_augmentation(run))
+                      split_scores(preds, run.class_names), picks, rendered, trace, augment=used_augmentation(run))
         draw_figures(run, parts, tmp)
-        parts.seconds = time.perf_counter() - started
+        clock.done("figures")
+        parts.seconds, parts.phases = clock.total, clock.seconds
         (tmp / RunDir.REPORT_PAGE).write_text(render_page(parts), encoding="utf-8")
+        (tmp / SUMMARY).write_text(json.dumps(summary_of(parts), indent=2) + "\n", encoding="utf-8")
         replace_folder(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     page = target / RunDir.REPORT_PAGE
     if log:
-        log(f"report: {page} ({view.name} split, {len(preds.labels):,} images, {time.perf_counter() - started:.1f} s)")
+        log(f"report: {page} ({view.name} split, {len(preds.labels):,} images, {clock.total:.1f} s)")
     return page
+
+
+class Phases:
+    """Seconds per phase of a report (reading and predicting, images, figures), for the page and summary.json."""
+
+    def __init__(self) -> None:
+        self.started = self.last = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    def done(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = round(now - self.last, 3)
+        self.last = now
+
+    @property
+    def total(self) -> float:
+        return time.perf_counter() - self.started
 
 
 def report_if_asked(run: Run, log: Callable[[str], None] = print) -> Path | None:

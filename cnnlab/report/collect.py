@@ -89,18 +89,18 @@ def calibration(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> dict[s
 
 def binary_curves(preds: Predictions, cm: np.ndarray) -> dict[str, Any] | None:
     """Two classes: ROC and PR curves of P(class 1), their areas, and the operating point of the decision used."""
+    if preds.probs.shape[1] != 2 or len(np.unique(preds.labels)) < 2:
+        return None
     from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
     y, score = preds.labels, preds.probs[:, 1]
-    if preds.probs.shape[1] != 2 or len(np.unique(y)) < 2:
-        return None
     fpr, tpr, _ = roc_curve(y, score)
     precision, recall, _ = precision_recall_curve(y, score)
     neg, pos, predicted_pos = cm[0].sum(), cm[1].sum(), cm[:, 1].sum()
     return {"fpr": fpr, "tpr": tpr, "precision": precision, "recall": recall,
             "roc_auc": float(roc_auc_score(y, score)), "pr_auc": float(average_precision_score(y, score)),
             "threshold": preds.threshold if preds.threshold is not None else 0.5,
-            "threshold_source": "the run's decision threshold" if preds.threshold is not None else "argmax (0.5)",
+            "threshold_source": "the run's decision threshold" if preds.threshold is not None else "argmax",
             "point": {"fpr": float(cm[0, 1] / neg) if neg else 0.0, "tpr": float(cm[1, 1] / pos) if pos else 0.0,
                       "precision": float(cm[1, 1] / predicted_pos) if predicted_pos else 0.0},
             "positive_rate": float(pos / len(y))}

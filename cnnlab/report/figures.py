@@ -122,7 +122,11 @@ def reliability(cal: dict[str, Any], path: Path) -> None:
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     hist.bar(lo, count, width, align="edge", color="#888", edgecolor="white")
-    hist.set_yscale("log" if count.max(initial=0) > 0 else "linear")
+    if count.max(initial=0) > 0:
+        from matplotlib.ticker import NullFormatter
+
+        hist.set_yscale("log")
+        hist.yaxis.set_minor_formatter(NullFormatter())
     hist.set_xlabel("confidence (probability of the top class)", fontsize=9)
     hist.set_ylabel("images", fontsize=9)
     for a in (ax, hist):

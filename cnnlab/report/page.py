@@ -31,6 +31,7 @@ class Parts:
     notes: dict[str, str] = field(default_factory=dict)  # e.g. what the filters figure shows
     augment: str | None = None  # the augmentation the run used, or None
     seconds: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per phase of the report
 
     @property
     def classes(self) -> list[str]:
@@ -43,20 +44,18 @@ def _caption(p: Parts, row: int, loss: bool = False) -> str:
     mark = "good" if t == k else "bad"
     text = (f"<b>{esc(p.preds.ids[row])}</b><br>true {esc(p.classes[t])}, "
             f'<span class="{mark}">predicted {esc(p.classes[k])} p={probs[k]:.3f}</span>')
-    if t != k:
-        text += f", p(true)={probs[t]:.3f}"
-    if loss:
-        text += f", loss {p.preds.loss[row]:.3f}"
-    return text
+    extra = ([f"p(true)={probs[t]:.3f}"] if t != k else []) + ([f"loss {p.preds.loss[row]:.3f}"] if loss else [])
+    return text + (f"<br>{', '.join(extra)}" if extra else "")
 
 
 def _thumb(p: Parts, row: int) -> str:
     w, h = p.rendered.sizes[row]
     px = ' class="px"' if max(w, h) <= 48 else ""
     t, k = int(p.preds.labels[row]), int(p.preds.pred[row])
-    return (f'<figure class="thumb" data-true="{t}" data-pred="{k}" data-row="{row}"><img{px} '
-            f'src="{esc(p.rendered.thumbs[row])}" width="{w}" height="{h}" alt="{esc(p.preds.ids[row])}">'
-            f"<figcaption>{esc(p.preds.ids[row])}<br>p={p.preds.confidence[row]:.3f}</figcaption></figure>")
+    ident = p.preds.ids[row]
+    return (f'<figure class="thumb" data-true="{t}" data-pred="{k}" data-row="{row}" title="{esc(ident)}"><img{px} '
+            f'src="{esc(p.rendered.thumbs[row])}" width="{w}" height="{h}" alt="{esc(ident)}">'
+            f"<figcaption>{esc(ident.rsplit('/', 1)[-1])}<br>p={p.preds.confidence[row]:.3f}</figcaption></figure>")
 
 
 def _card(p: Parts, row: int, loss: bool = False) -> str:
@@ -264,5 +263,7 @@ def render_page(p: Parts) -> str:
                 ("looks", "What the network looks at", looks_section(p))]
     if p.augment:
         sections.append(("augment", "Augmentation", augment_section(p)))
-    footer = f"Written by cnnlab report in {p.seconds:.1f} s. {fmt(len(p.rendered.thumbs))} thumbnails."
+    phases = ", ".join(f"{name} {sec:.1f} s" for name, sec in p.phases.items())
+    footer = (f"Written by cnnlab report in {p.seconds:.1f} s ({phases}); {fmt(len(p.rendered.thumbs))} thumbnails, "
+              f"{fmt(len(p.rendered.cams))} Grad-CAM images.")
     return page(p.title, key, sections, footer)
