@@ -46,7 +46,7 @@ print(json.dumps({"page": str(page), "report_s": round(t2 - t1, 2), "load_s": ro
                   "rss_after_load_mb": round(rss_loaded),
                   "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
                   "images": summary["count"], "accuracy": summary["accuracy"], "ece": summary["ece"],
-                  "target_layer": summary["target_layer"]}))
+                  "target_layer": summary["target_layer"], "phases": summary["phases"]}))
 """
 
 
@@ -96,12 +96,15 @@ def write_results(rows: list[dict]) -> None:
     lines = ["# cnnlab report: time and memory", "",
              "`benchmarks/bench_report.py`; each report in a fresh process on this 2-core CPU. command: the whole "
              "`cnnlab report` process (start-up, loading the run, the report); report: inside `write_report`. "
-             "RSS after load: torch and the model, before the report. Load average (1, 5, 15 min) before the case.",
-             "", "| case | split | images | command s | report s | peak RSS MB | RSS after load MB | load before |",
-             "|---|---|---|---|---|---|---|---|"]
+             "RSS after load: torch and the model, before the report. Phases: reading + predicting the split, "
+             "thumbnails + Grad-CAM, figures. Load average (1, 5, 15 min) before the case.", "",
+             "| case | split | images | command s | report s | phases s | peak RSS MB | RSS after load MB "
+             "| load before |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        phases = " / ".join(f"{v:.1f}" for v in r["phases"].values())
         lines.append(f"| {r['case']} | {r['split']} | {r['images']:,} | {r['command_s']} | {r['report_s']} | "
-                     f"{r['peak_rss_mb']} | {r['rss_after_load_mb']} | {', '.join(r['loadavg_before'])} |")
+                     f"{phases} | {r['peak_rss_mb']} | {r['rss_after_load_mb']} | {', '.join(r['loadavg_before'])} |")
     (RESULTS / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 

@@ -338,3 +338,13 @@ def test_the_report_option_round_trips_through_config_yaml(quad):
 
     raw = yaml.safe_load((Path(quad.dir) / "config.yaml").read_text(encoding="utf-8"))
     assert raw["callbacks"]["report"] is True
+
+
+def test_a_run_passed_in_keeps_its_model_as_it_was(quad, tmp_path):
+    from cnnlab.inference import load_run
+    from cnnlab.report import write_report
+
+    run = load_run(quad.dir)
+    before = [type(m).__name__ for m in run.model.modules()]
+    write_report(run, out=tmp_path / "r")
+    assert [type(m).__name__ for m in run.model.modules()] == before

@@ -20,6 +20,7 @@ import numpy as np
 
 from cnnlab.errors import CnnlabError
 from cnnlab.inference import Run, load_run
+from cnnlab.models.rewrite import pool_before_activation
 from cnnlab.report import figures
 from cnnlab.report.collect import choose_images, predict_split, split_scores
 from cnnlab.report.gradcam import as_written, first_layer_weights
@@ -158,11 +159,11 @@ def write_report(run: Run | str | Path, data: str | None = None, split: str = "a
     clock.done("predict")
     picks = choose_images(preds, per_cell)
     as_written(run.model)  # exact: feature maps are then shown after their activation, as the model was written
-    trace = trace_for(run, view, picks.feature_row or 0)
     tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
+        trace = trace_for(run, view, picks.feature_row or 0)
         rendered = render_rows(run, view, preds, picks, trace, tmp)
         clock.done("images and Grad-CAM")
         parts = Parts(read_run_info(run_dir), f"{run.config.model.name} on {Path(view.source.name).name}: "
@@ -177,6 +178,7 @@ def write_report(run: Run | str | Path, data: str | None = None, split: str = "a
         replace_folder(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        pool_before_activation(run.model)  # the caller's model gets its faster (and exact) order back
     page = target / RunDir.REPORT_PAGE
     if log:
         log(f"report: {page} ({view.name} split, {len(preds.labels):,} images, {clock.total:.1f} s)")
