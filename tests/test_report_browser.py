@@ -46,9 +46,11 @@ def browser_page(tmp_path_factory, one_thread):
         context.close()
 
 
-def artifact_dir(request) -> Path:
+def artifact_dir(request, tmp_path_factory) -> Path:
     env = os.environ.get("CNNLAB_TEST_ARTIFACTS")
-    path = Path(env) if env else Path(request.config.cache.mkdir("cnnlab-artifacts"))
+    cache = getattr(request.config, "cache", None)  # None with -p no:cacheprovider
+    path = Path(env) if env else (Path(cache.mkdir("cnnlab-artifacts")) if cache is not None
+                                  else tmp_path_factory.getbasetemp() / "cnnlab-artifacts")
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -87,13 +89,13 @@ def test_clicking_a_cell_shows_exactly_that_cells_images(browser_page):
     assert page.problems == []
 
 
-def test_a_full_page_screenshot_is_kept(browser_page, request):
+def test_a_full_page_screenshot_is_kept(browser_page, request, tmp_path_factory):
     page, run = browser_page
     cm = run.metrics["val"]["confusion_matrix"]
     t, p = max(((t, p) for t in range(len(cm)) for p in range(len(cm))), key=lambda c: cm[c[0]][c[1]])
     page.click(f'a.cell[data-true="{t}"][data-pred="{p}"]')  # the screenshot shows a cell's images open
     page.evaluate("window.scrollTo(0, 0)")
-    path = artifact_dir(request) / "report-full-page.png"
+    path = artifact_dir(request, tmp_path_factory) / "report-full-page.png"
     page.screenshot(path=str(path), full_page=True)
     from PIL import Image
 
