@@ -23,6 +23,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.inference import Run, load_run
 from cnnlab.prepare import prepare_data
 from cnnlab.recipe import build_model, check_model_available, resolve_normalization, seed_everything
+from cnnlab.report import report_if_asked
 from cnnlab.runs import RunDir, default_path
 from cnnlab.session import make_console, train
 from cnnlab.train import dist
@@ -60,13 +61,17 @@ def fit(data: str | None = None, *, config: str | Path | Config | dict | None = 
     try:
         run_dir = distributed.agree(lambda: RunDir.create(cfg.out, cfg.model.name))  # rank 0 creates it
         try:
-            return train(cfg, run_dir, callbacks=callbacks)
+            run = train(cfg, run_dir, callbacks=callbacks)
         except BaseException:
             if dist.is_writer():
                 run_dir.remove_if_empty()  # nothing was written: leave no empty folder behind
             raise
+        writer = dist.is_writer()  # asked before the process group is gone (then every process is rank 0)
     finally:
         distributed.stop()
+    if writer:
+        report_if_asked(run)  # --report: RUN/report/index.html, by rank 0 alone
+    return run
 
 
 def fit_in_workers(cfg: Config, callbacks: list[Callback] | None) -> Run:
@@ -136,9 +141,13 @@ def resume_run(run_dir: str | Path, *, callbacks: list[Callback] | None = None, 
         return load_run(run.path)
     distributed.start(cfg)
     try:
-        return resume_here(cfg, run, callbacks)
+        finished = resume_here(cfg, run, callbacks)
+        writer = dist.is_writer()
     finally:
         distributed.stop()
+    if writer:
+        report_if_asked(finished)  # a --report run writes its report when it finishes
+    return finished
 
 
 def resume_here(cfg: Config, run: RunDir, callbacks: list[Callback] | None) -> Run:

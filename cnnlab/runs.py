@@ -48,6 +48,7 @@ class RunDir:
     TRANSFER = "transfer.json"
     TENSORBOARD = "tensorboard"
     REPORT = "report"
+    REPORT_PAGE = "index.html"  # report/index.html, beside its images (cnnlab.report)
     EXPORT = "export"
     # what training writes as it goes: a resume without a checkpoint removes them, a killed save leaves temporaries
     TRAINING_OUTPUTS = (STATE, LAST, BEST, METRICS_CSV, METRICS)

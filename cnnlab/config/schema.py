@@ -205,6 +205,8 @@ class CallbacksConfig(Section):
     target: float | None = option(None, "stop once the monitored metric reaches this value")
     csv: bool = option(True, "CSVLogger: metrics.csv, a row per epoch", flag="--csv-log", keyword="csv_log")
     tensorboard: bool = option(True, "TensorBoard scalars in the run folder")
+    report: bool = option(False, "at the end, write RUN/report/index.html: curves, confusion matrix with its "
+                          "images, Grad-CAM, calibration (as cnnlab report RUN)")
 
 
 @dataclass
