@@ -34,8 +34,9 @@ def describe(f: Field) -> str:
     return text.replace("%", "%%")
 
 
-def add_config_options(parser: argparse.ArgumentParser) -> None:
-    """One flag per config field (DATA is the positional argument), grouped by section."""
+def add_config_options(parser: argparse.ArgumentParser, rename: dict[str, str] | None = None) -> None:
+    """One flag per config field (DATA is the positional argument), grouped by section; `rename` gives a field
+    another flag where a command has its own flag of that name (tune: --workers is its worker processes)."""
     groups: dict[str, Any] = {}
     for f in fields():
         if f.flag == "DATA":
@@ -51,7 +52,7 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
             kwargs.update(action="append", metavar=f.option.metavar or "KEY=VALUE")
         else:
             kwargs["metavar"] = f.option.metavar or f.name.upper()
-        groups[section].add_argument(f.flag, **kwargs)
+        groups[section].add_argument((rename or {}).get(f.flag, f.flag), **kwargs)
 
 
 def config_keywords(args: argparse.Namespace) -> dict[str, Any]:
