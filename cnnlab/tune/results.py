@@ -140,6 +140,7 @@ def summarize(out: Path, storage: str | None, console: Any) -> dict[str, Any]:
                                "counts": {st.name: sum(t.state == st for t in trials) for st in TrialState}}
     if complete:
         summary["best"] = {"number": complete[0].number, "value": complete[0].value, "params": complete[0].params,
+                           "run": complete[0].user_attrs.get("run"),
                            "config": str(write_best(out, complete[0]))}
         print_table(rows, monitor, console)
     summary["importances"] = importances(study, len(complete))

@@ -91,11 +91,19 @@ class TrialSeededSampler(optuna.samplers.BaseSampler):
         return optuna.samplers.RandomSampler(seed=seed).sample_independent(study, trial, name, distribution)
 
 
+class AskTellGridSampler(optuna.samplers.GridSampler):
+    """GridSampler for ask / tell: its after_trial stops `optimize` when the grid is done, which outside optimize
+    is an error; here the workers ask `is_exhausted` before taking a trial instead."""
+
+    def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+        return None
+
+
 def make_sampler(kind: str, params: list[Param], seed: int, worker: int) -> Any:
     if kind == "random":
         return TrialSeededSampler(seed)
     if kind == "grid":
-        return optuna.samplers.GridSampler(grid_space(params), seed=seed)
+        return AskTellGridSampler(grid_space(params), seed=seed)
     if kind == "tpe":  # workers draw their random start-up trials from different seeds
         return optuna.samplers.TPESampler(seed=seed + 7919 * worker, n_startup_trials=min(10, 4 + len(params)))
     raise CnnlabError(f"unknown --sampler '{kind}': choose from random, grid, tpe")

@@ -103,6 +103,8 @@ def run_trial(study: optuna.Study, trial: Trial, resumed: bool, base: Config, pa
     except (Exception, SystemExit) as e:  # NaN, out of memory, a bad combination: recorded, the study goes on
         reason = one_line(e)
         trial.set_user_attr("fail_reason", reason)
+        if not folder.is_dir():  # it failed before its run folder had anything in it (fit removes it then)
+            trial.set_user_attr("run", None)
         study.tell(trial, state=TrialState.FAIL)
         return Outcome(trial.number, "FAIL", None, values, 0, time.perf_counter() - t0, reason)
     trial.set_user_attr("epochs", epochs)

