@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -156,3 +157,57 @@ def test_rerunning_with_other_settings_in_the_same_folder_is_refused(tmp_path):
     assert tune_cli("digits", *BASE, "--epochs", "1", "--trials", "1", "--out", str(out)).returncode == 0
     r = tune_cli("digits", *BASE, "--epochs", "1", "--trials", "2", "--lr", "0.01", "--out", str(out))
     assert r.returncode == 2 and "holds another search (different train.lr)" in r.stderr
+
+
+# -- crash safety and workers --------------------------------------------------------------------------------------
+def finished(trials: list) -> list:
+    return [t for t in trials if t.state.name in ("COMPLETE", "PRUNED", "FAIL") and not t.user_attrs.get("surplus")]
+
+
+def test_kill_9_in_the_middle_of_a_trial_then_the_same_command_continues_the_study(tmp_path):
+    """SIGKILL the process group once two trials are done and the third has its first checkpoint; the rerun
+    resumes trial 2 in its own folder (from that checkpoint) and runs the rest: 6 trials, none lost or twice."""
+    out = tmp_path / "search"
+    cmd = [sys.executable, "-m", "cnnlab", "tune", "digits", *BASE, "--epochs", "3", "--pruner", "none",
+           "--trials", "6", "--out", str(out)]
+    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            third = out / "trials" / "0002"
+            if (third / "last_state.pt").is_file() and not (third / "metrics.json").is_file():
+                os.killpg(proc.pid, signal.SIGKILL)
+                break
+            time.sleep(0.02)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the search ended before the kill point"
+    before = study_trials(out)
+    assert [t.state.name for t in before] == ["COMPLETE", "COMPLETE", "RUNNING"]
+    r = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    after = study_trials(out)
+    assert [t.number for t in after] == [0, 1, 2, 3, 4, 5] and len(finished(after)) == 6
+    assert [t.value for t in after[:2]] == [t.value for t in before[:2]]  # kept, not rerun
+    assert after[2].user_attrs["resumed"] == 1 and "(resumed)" in r.stdout
+    events = [json.loads(line) for line in (out / "trials" / "0002" / "events.jsonl").read_text().splitlines()]
+    assert [(e["event"], e["at"]) for e in events] == [("resume", "epoch 2, step 0")]  # from its checkpoint
+    rows = (out / "trials" / "0002" / "metrics.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in rows[1:]] == ["1", "2", "3"]  # every epoch once
+    assert sorted(p.name for p in (out / "trials").iterdir()) == [f"{i:04d}" for i in range(6)]
+    record = json.loads((out / "tune.json").read_text())
+    assert record["counts"]["COMPLETE"] == 6 and len(record["trials"]) == 6
+
+
+def test_two_workers_share_one_journal_file_and_finish_n_trials(tmp_path):
+    out = tmp_path / "search"
+    r = tune_cli("digits", *BASE, "--epochs", "3", "--trials", "6", "--workers", "2", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    trials = study_trials(out)
+    assert sorted(t.number for t in trials) == list(range(6)) and len(finished(trials)) == 6
+    assert len({t.user_attrs["owner"]["pid"] for t in trials}) == 2  # both workers took trials
+    lines = [line for line in r.stdout.splitlines() if re.match(r"trial +\d+ ", line)]
+    assert len(lines) == 6 and "Traceback" not in r.stderr
