@@ -211,3 +211,65 @@ def test_two_workers_share_one_journal_file_and_finish_n_trials(tmp_path):
     assert len({t.user_attrs["owner"]["pid"] for t in trials}) == 2  # both workers took trials
     lines = [line for line in r.stdout.splitlines() if re.match(r"trial +\d+ ", line)]
     assert len(lines) == 6 and "Traceback" not in r.stderr
+
+
+# -- PostgreSQL: a real server, started here ---------------------------------------------------------------------
+def postgres_bin() -> Path | None:
+    import glob
+    import shutil
+
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
+    if found:
+        return Path(found[-1]).parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+@pytest.fixture
+def postgres_url():
+    """A throw-away PostgreSQL server on a free localhost port (as `nobody` when the tests run as root: initdb
+    refuses root); yields its URL and stops it."""
+    import pwd
+    import shutil
+    import socket
+    import tempfile
+
+    pytest.importorskip("psycopg2", reason="psycopg2-binary is needed for the PostgreSQL storage")
+    bindir = postgres_bin()
+    if bindir is None:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found")
+    as_user: list[str] = []
+    root = Path(tempfile.mkdtemp(prefix="cnnlab-pg-"))
+    if os.geteuid() == 0:
+        nobody = pwd.getpwnam("nobody")
+        os.chown(root, nobody.pw_uid, nobody.pw_gid)
+        as_user = ["runuser", "-u", "nobody", "--"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    pg_env = {**os.environ, "LC_ALL": "C", "LANG": "C"}
+    data = root / "data"
+    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
+                    "--no-sync"], check=True, capture_output=True, env=pg_env, cwd=root)
+    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
+    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(root / "log"),
+                    "-w", "-t", "60", "start"], check=True, capture_output=True, env=pg_env, cwd=root)
+    try:
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True, env=pg_env, cwd=root)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_two_workers_on_postgresql_finish_n_trials(tmp_path, postgres_url):
+    out = tmp_path / "search"
+    r = tune_cli("digits", *BASE, "--epochs", "2", "--trials", "5", "--workers", "2", "--storage", postgres_url,
+                 "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    trials = study_trials(out, postgres_url)
+    assert sorted(t.number for t in trials) == list(range(5)) and len(finished(trials)) == 5
+    assert len({t.user_attrs["owner"]["pid"] for t in trials}) == 2
+    settings = yaml.safe_load((out / "tune.yaml").read_text())
+    assert settings["storage"] == postgres_url and not (out / "study.journal").exists()
+    assert json.loads((out / "tune.json").read_text())["counts"]["COMPLETE"] >= 1
