@@ -273,3 +273,21 @@ def test_two_workers_on_postgresql_finish_n_trials(tmp_path, postgres_url):
     settings = yaml.safe_load((out / "tune.yaml").read_text())
     assert settings["storage"] == postgres_url and not (out / "study.journal").exists()
     assert json.loads((out / "tune.json").read_text())["counts"]["COMPLETE"] >= 1
+
+
+# -- compare -----------------------------------------------------------------------------------------------------
+def test_compare_shows_the_differing_keys_and_the_best_and_refuses_other_val_splits(tmp_path):
+    args = ["digits", *BASE, "--epochs", "1", "--quiet"]
+    for name, extra in (("a", ["--lr", "0.0003"]), ("b", ["--lr", "0.003"]), ("c", ["--lr", "0.003", "--seed", "5"])):
+        assert run_cli("train", *args, *extra, "--out", str(tmp_path / name)).returncode == 0
+    r = run_cli("compare", str(tmp_path / "a"), str(tmp_path / "b"), "--json")
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert result["keys"] == ["train.lr"] and result["monitor"] == "val_accuracy"  # only what differs
+    values = [row["value"] for row in result["rows"]]
+    assert result["best"] == values.index(max(values))
+    table = run_cli("compare", str(tmp_path / "a"), str(tmp_path / "b")).stdout
+    assert "lr" in table and "best" in table and "seed" not in table
+    r = run_cli("compare", str(tmp_path / "a"), str(tmp_path / "c"))  # another seed: another held-out split
+    assert r.returncode == 2 and "cannot rank these runs: their val splits differ" in r.stderr
+    assert r.stderr.count("\n") == 1
