@@ -291,3 +291,19 @@ def test_compare_shows_the_differing_keys_and_the_best_and_refuses_other_val_spl
     r = run_cli("compare", str(tmp_path / "a"), str(tmp_path / "c"))  # another seed: another held-out split
     assert r.returncode == 2 and "cannot rank these runs: their val splits differ" in r.stderr
     assert r.stderr.count("\n") == 1
+
+
+def test_confirm_reruns_the_top_configurations_with_other_seeds(tmp_path):
+    out = tmp_path / "search"
+    r = tune_cli("digits", *BASE, "--epochs", "1", "--trials", "3", "--confirm", "2", "--confirm-seeds", "2",
+                 "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    result = json.loads((out / "confirm.json").read_text())
+    record = json.loads((out / "tune.json").read_text())
+    complete = sorted((t for t in record["trials"] if t["state"] == "COMPLETE"), key=lambda t: -t["value"])
+    assert [row["number"] for row in result["rows"]] == [t["number"] for t in complete[:2]]
+    assert all(len(row["values"]) == 2 for row in result["rows"]) and "winner" in r.stdout
+    folders = sorted(p.name for p in (out / "confirm").iterdir())
+    assert folders == sorted(f"{row['number']:04d}-seed{s}" for row in result["rows"] for s in (1, 2))
+    cfg = build_config(config=str(out / "confirmed.yaml"))
+    assert cfg.train.seed == 1 and cfg.out is None
