@@ -104,7 +104,7 @@ def importances(study: Any, complete: int) -> dict[str, float] | str:
         return f"not computed: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
 
 
-def plots(study: Any, out: Path) -> list[str]:
+def plots(study: Any, out: Path, monitor: str = "objective") -> list[str]:
     """history.png and parallel.png (optuna.visualization.matplotlib, Agg); what could not be drawn is said."""
     import matplotlib
 
@@ -116,7 +116,10 @@ def plots(study: Any, out: Path) -> list[str]:
     for name, draw in ((HISTORY_PNG, ovm.plot_optimization_history), (PARALLEL_PNG, ovm.plot_parallel_coordinate)):
         try:
             ax = draw(study)
-            fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
+            first = ax.flat[0] if hasattr(ax, "flat") else ax
+            if name == HISTORY_PNG:
+                first.set_ylabel(f"{monitor} (val)")
+            fig = first.figure
             fig.set_size_inches(10, 5.5)
             fig.tight_layout()
             fig.savefig(out / name, dpi=110)
@@ -144,7 +147,7 @@ def summarize(out: Path, storage: str | None, console: Any) -> dict[str, Any]:
                            "config": str(write_best(out, complete[0]))}
         print_table(rows, monitor, console)
     summary["importances"] = importances(study, len(complete))
-    summary["notes"] = plots(study, out) if complete else ["no complete trial: no plots"]
+    summary["notes"] = plots(study, out, monitor) if complete else ["no complete trial: no plots"]
     summary["trials"] = [trial_record(t) for t in sorted(trials, key=lambda t: t.number)]
     (out / TUNE_JSON).write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
     print_footer(summary, out, console)
