@@ -167,10 +167,9 @@ def main() -> None:
         for name, case in cases.items():
             if args.only in (None, name):
                 results[name] = case(Path(tmp))
-                print(json.dumps({name: results[name]}, indent=1, default=str)[:3000], flush=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2))
-    (RESULTS / "tune.md").write_text(markdown(results))
+                RESULTS.mkdir(parents=True, exist_ok=True)  # saved after every case
+                path.write_text(json.dumps(results, indent=2))
+                (RESULTS / "tune.md").write_text(markdown(results))
     print(markdown(results))
 
 

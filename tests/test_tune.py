@@ -69,6 +69,20 @@ def test_a_bad_space_is_one_clear_error(tmp_path, entry, message):
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
+def test_a_space_file_in_the_issues_notation_is_read(tmp_path):
+    """PyYAML reads 1e-4 (no dot) as text; the space takes it as the number it is."""
+    from cnnlab.tune.space import load_space
+
+    path = tmp_path / "space.yaml"
+    path.write_text("train.lr: {loguniform: [1e-4, 1e-1]}\nmodel.kwargs.dropout: {uniform: [0.0, 0.5]}\n"
+                    "train.batch_size: {choice: [32, 64, 128]}\nmodel.name: {choice: [seed_cnn, resnet20]}\n")
+    _, params = load_space(str(path), build_config("digits"))
+    assert [(p.key, p.kind, p.low, p.high, p.values) for p in params] == [
+        ("train.lr", "loguniform", 1e-4, 1e-1, ()), ("model.kwargs.dropout", "uniform", 0.0, 0.5, ()),
+        ("train.batch_size", "choice", None, None, (32, 64, 128)),
+        ("model.name", "choice", None, None, ("seed_cnn", "resnet20"))]
+
+
 def test_the_default_space_differs_for_scratch_and_transfer():
     from cnnlab.tune.space import default_space
 

@@ -106,6 +106,8 @@ def parse_param(key: str, spec: Any, where: str) -> Param:
         raise CnnlabError(f"{where}: {key} has {', '.join(map(str, kinds[1:] + extra))} besides {kinds[0]}: give one "
                           f"of {', '.join(KINDS)} (int may add step and log)")
     kind, value = kinds[0], spec[kinds[0]]
+    if kind not in ("choice", "grid") and isinstance(value, list):
+        value = [as_number(v) for v in value]  # YAML 1.1 reads 1e-4 (no dot) as text
     if kind in ("choice", "grid"):
         if not isinstance(value, list) or not value:
             raise CnnlabError(f"{where}: {key}: {kind} needs a non-empty list of values")
@@ -129,6 +131,15 @@ def parse_param(key: str, spec: Any, where: str) -> Param:
             raise CnnlabError(f"{where}: {key}: log needs positive bounds (log of {low})")
         return Param(key, kind, int(low), int(high), step=int(step) if step else None, log=log)
     return Param(key, kind, float(low), float(high), log=kind == "loguniform")
+
+
+def as_number(v: Any) -> Any:
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            return v
+    return v
 
 
 def is_number(v: Any) -> bool:
