@@ -123,6 +123,10 @@ def bench_threads(tmp: Path) -> dict:
     return out
 
 
+def counts(c: dict) -> str:
+    return ", ".join(f"{n} {k.lower()}" for k, n in c.items())
+
+
 def markdown(results: dict) -> str:
     lines = ["# cnnlab tune benchmark", ""]
     if "cats" in results:
@@ -132,14 +136,17 @@ def markdown(results: dict) -> str:
                   "| run | val accuracy | wall s | trials | s / trial | load |", "|---|---|---|---|---|---|",
                   f"| default `cnnlab train` | {c['default_run']['val_accuracy']:.4f} | {c['default_run']['wall_s']} "
                   f"| 1 | | {c['default_run']['load']} |",
-                  f"| `cnnlab tune --trials 100 --workers 2` | {t['best']:.4f} (best) | {t['wall_s']} | {t['counts']} "
-                  f"| {t['seconds_per_trial']} | {t['load']} |", "", f"accepted: {c['accepted']}", "", "```",
+                  f"| `cnnlab tune --trials 100 --workers 2` | {t['best']:.4f} (best) | {t['wall_s']} "
+                  f"| {counts(t['counts'])} | {t['seconds_per_trial']} | {t['load']} |", "",
+                  f"accepted: {c['accepted']}", "",
+                  "pruned trials (median pruner) stopped early; the table below is the command's own output:", "",
+                  "```",
                   t["table"], "```", ""]
     if "pruning" in results:
         p = results["pruning"]
         lines += ["## cifar10 from scratch, 16 random trials x 8 epochs, 2 workers: median pruning vs none", "",
                   "| pruner | best val accuracy | epochs run | trials | wall s | load |", "|---|---|---|---|---|---|"]
-        lines += [f"| {k} | {p[k]['best']:.4f} | {p[k]['epochs']} | {p[k]['counts']} | {p[k]['wall_s']} | "
+        lines += [f"| {k} | {p[k]['best']:.4f} | {p[k]['epochs']} | {counts(p[k]['counts'])} | {p[k]['wall_s']} | "
                   f"{p[k]['load']} |" for k in ("none", "median")]
         lines += ["", f"epochs saved: {p['epochs_saved']:.1%}; best difference {p['best_difference']:+.4f}; "
                   f"accepted: {p['accepted']}", ""]

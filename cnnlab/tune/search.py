@@ -104,7 +104,7 @@ def work(out: Path, n_trials: int, storage: str | None, worker: int = 0, deadlin
     params = parse_space(s["space"], base, SETTINGS)
     sampler = make_sampler(s["sampler"], params, int(s["seed"]), worker)
     study = open_study(open_storage(storage, out), s["study"], s["direction"], sampler,
-                       make_pruner(s["pruner"], base.train.epochs))
+                       make_pruner(s["pruner"], base.train.epochs, n_trials))
     ran = 0
     while deadline is None or time.time() < deadline:
         claim = claim_trial(study, out, n_trials)

@@ -109,10 +109,13 @@ def make_sampler(kind: str, params: list[Param], seed: int, worker: int) -> Any:
     raise CnnlabError(f"unknown --sampler '{kind}': choose from random, grid, tpe")
 
 
-def make_pruner(kind: str, epochs: int | str) -> Any:
+def make_pruner(kind: str, epochs: int | str, n_trials: int) -> Any:
+    """median: a trial whose best so far is under the median of the complete trials at that epoch stops, once
+    there are a reference set of complete trials (an eighth of the budget, 2 to Optuna's default 5) and after the
+    first epoch (often warm-up). hyperband: ASHA-style successive halving over the epochs."""
     if kind == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1)
-    if kind == "hyperband":  # ASHA-style successive halving over epochs
+        return optuna.pruners.MedianPruner(n_startup_trials=min(5, max(2, n_trials // 8)), n_warmup_steps=1)
+    if kind == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs if isinstance(epochs, int)
                                               else "auto", reduction_factor=3)
     if kind == "none":
