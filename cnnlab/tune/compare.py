@@ -87,6 +87,7 @@ def compare(paths: list[str]) -> dict[str, Any]:
 
 
 def print_comparison(result: dict[str, Any], console: Any) -> None:
+    from rich import box
     from rich.table import Table
 
     from cnnlab.tune.results import format_param, short_names
@@ -94,14 +95,17 @@ def print_comparison(result: dict[str, Any], console: Any) -> None:
     rows, keys = result["rows"], result["keys"]
     val_keys = [k for k in HEADLINE if any(k in r["val"] for r in rows) and f"val_{k}" != result["monitor"]
                 and (k != "balanced_accuracy" or result["monitor"] != "val_accuracy")]
-    table = Table(title=f"{len(rows)} runs on {result['data']} (best on {result['monitor']})")
-    for name in ("run", result["monitor"], *(f"val_{k}" for k in val_keys), "ep", *short_names(keys), ""):
-        table.add_column(name, justify="left" if name == "run" else "right", no_wrap=True, min_width=len(name))
+    table = Table(title=f"{len(rows)} runs on {result['data']} (best on {result['monitor']})", box=box.SIMPLE_HEAD,
+                  collapse_padding=True, pad_edge=False)
+    names = [short_path(r["run"]) for r in rows]
+    for name in ("run", "", result["monitor"], *(f"val_{k}" for k in val_keys), "ep", *short_names(keys)):
+        table.add_column(name, justify="left" if name in ("run", "") else "right", no_wrap=True,
+                         min_width=max(map(len, names)) if name == "run" else max(len(name), 4))
     for i, r in enumerate(rows):
         value = f"{r['value']:.4f}" if r["value"] is not None else "-"
         cells = [f"{r['val'][k]:.4f}" if k in r["val"] else "-" for k in val_keys]
-        table.add_row(short_path(r["run"]), value, *cells, str(r["epochs"] or "-"),
-                      *(format_param(r["config"][k]) for k in keys), "best" if i == result["best"] else "")
+        table.add_row(names[i], "best" if i == result["best"] else "", value, *cells, str(r["epochs"] or "-"),
+                      *(format_param(r["config"][k]) for k in keys))
     console.print(table)
     if not keys:
         console.print("the runs have the same config (they differ only in their randomness)", markup=False)
