@@ -164,6 +164,18 @@ def test_grid_search_runs_folders_records_a_failed_trial_and_writes_a_trainable_
     r = run_cli("evaluate", str(out / record["best"]["run"]))  # a trial is a normal run folder
     assert r.returncode == 0 and "accuracy" in r.stdout, r.stderr
     assert all((out / t["run"]).is_dir() for t in record["trials"] if t["run"])
+    dashboard = pytest.importorskip("optuna_dashboard._storage_url")  # what `optuna-dashboard DIR/study.journal` opens
+    storage = dashboard.get_storage(str(out / "study.journal"))
+    assert [s.study_name for s in storage.get_all_studies()] == ["tune"]
+
+
+def test_tpe_with_hyperband_pruning_and_a_timeout(tmp_path):
+    out = tmp_path / "search"
+    r = tune_cli("digits", *BASE, "--epochs", "3", "--trials", "50", "--sampler", "tpe", "--pruner", "hyperband",
+                 "--timeout", "6", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    record = json.loads((out / "tune.json").read_text())
+    assert 1 <= len(record["trials"]) < 50 and record["counts"]["FAIL"] == 0 and record["counts"]["RUNNING"] == 0
 
 
 def test_rerunning_with_other_settings_in_the_same_folder_is_refused(tmp_path):
