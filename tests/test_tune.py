@@ -169,6 +169,15 @@ def test_grid_search_runs_folders_records_a_failed_trial_and_writes_a_trainable_
     assert [s.study_name for s in storage.get_all_studies()] == ["tune"]
 
 
+def test_a_diverging_trial_fails_with_its_reason(tmp_path):
+    space = write_space(tmp_path / "s.yaml", {"train.lr": {"choice": [1e6]}, "train.optimizer": {"choice": ["sgd"]}})
+    r = tune_cli("digits", *BASE, "--epochs", "1", "--trials", "1", "--space", space, "--out", str(tmp_path / "t"))
+    assert r.returncode == 0, r.stderr
+    (trial,) = json.loads((tmp_path / "t" / "tune.json").read_text())["trials"]
+    assert trial["state"] == "FAIL" and "became" in trial["reason"] and "lower --lr" in trial["reason"]
+    assert "no complete trial" in r.stdout and not (tmp_path / "t" / "best.yaml").exists()
+
+
 def test_tpe_with_hyperband_pruning_and_a_timeout(tmp_path):
     out = tmp_path / "search"
     r = tune_cli("digits", *BASE, "--epochs", "3", "--trials", "50", "--sampler", "tpe", "--pruner", "hyperband",

@@ -173,7 +173,7 @@ def tune(cfg: Config, *, trials: int, space: str | None = None, sampler: str = "
         raise CnnlabError("cnnlab tune runs each trial in one process: use --workers K instead of --nproc")
     out = prepare(cfg, space, sampler, pruner, study, storage)
     deadline = time.time() + timeout if timeout else None
-    log(f"tune: study '{study}' in {out} ({sampler} sampler, {pruner} pruner, {trials} trials, "
+    log(f"tune: study '{study}' in {out} ({sampler} sampler, {pruner} pruner, {trials} trial{'s' * (trials != 1)}, "
         f"{workers} worker{'s' * (workers > 1)})")
     if workers == 1:
         work(out, trials, storage, 0, deadline, log)
