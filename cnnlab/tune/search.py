@@ -150,6 +150,17 @@ def run_workers(out: Path, n_trials: int, workers: int, storage: str | None, dea
                           f"; rerun the same command to continue the study in {out}")
 
 
+def create_study(out: Path, storage: str | None) -> None:
+    import optuna
+
+    from cnnlab.tune.study import open_storage, open_study, quiet_optuna
+
+    quiet_optuna()
+    s = read_settings(out)
+    open_study(open_storage(storage, out), s["study"], s["direction"], optuna.samplers.RandomSampler(),
+               optuna.pruners.NopPruner())
+
+
 def worker_main(out: str, index: int, n_trials: int, deadline: float | None) -> int:
     """The body of `cnnlab tune --worker DIR` (started by run_workers)."""
     threads = os.environ.get(THREADS_ENV)
@@ -178,5 +189,6 @@ def tune(cfg: Config, *, trials: int, space: str | None = None, sampler: str = "
     if workers == 1:
         work(out, trials, storage, 0, deadline, log)
     else:
+        create_study(out, storage)  # the storage's tables and the study exist before the workers join
         run_workers(out, trials, workers, storage, deadline)
     return out

@@ -58,11 +58,18 @@ def open_storage(url: str | None, out: Path) -> Any:
         path = str(out / JOURNAL) if url is None else url
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
-    try:
-        return RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
-    except Exception as e:  # a bad URL, a missing driver, a server that does not answer
-        raise CnnlabError(f"cannot open --storage {mask(url)}: {type(e).__name__}: "
-                          f"{str(e).strip().splitlines()[0][:200]}") from None
+    for attempt in range(4):
+        try:
+            return RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+        except Exception as e:  # a bad URL, a missing driver, a server that does not answer
+            import sqlalchemy.exc
+
+            if isinstance(e, sqlalchemy.exc.IntegrityError) and attempt < 3:  # another process created the tables
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            raise CnnlabError(f"cannot open --storage {mask(url)}: {type(e).__name__}: "
+                              f"{str(e).strip().splitlines()[0][:200]}") from None
+    raise AssertionError("unreachable")
 
 
 def mask(url: str | None) -> str | None:
