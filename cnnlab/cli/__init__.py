@@ -12,10 +12,10 @@ import os
 import sys
 
 from cnnlab import __version__
-from cnnlab.cli import data, evaluate, export, models, report, train
+from cnnlab.cli import data, doctor, evaluate, export, models, report, train
 from cnnlab.errors import CnnlabError
 
-COMMANDS = (train, evaluate, report, export, data, models)
+COMMANDS = (train, doctor, evaluate, report, export, data, models)
 
 
 class Parser(argparse.ArgumentParser):
