@@ -120,3 +120,29 @@ def test_init_option_default_unchanged_and_unknown_values_one_line_errors():
         create_model("mlp", 10, init="gauss")
     zeros = create_model("lenet5", 10, init="zeros")
     assert all(float(p.detach().abs().sum()) == 0 for p in zeros.parameters())
+
+
+def test_train_runs_the_cheap_checks_without_changing_the_weights(tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    runs = {}
+    for checks in (True, False):
+        run = cnnlab.fit("digits", epochs=1, normalize="scale", checks=checks, out=str(tmp_path / str(checks)),
+                         quiet=True)
+        runs[checks] = load_file(str(tmp_path / str(checks) / "last.safetensors"))
+        out = capsys.readouterr().out
+        assert ("check warn: data: input statistics" in out) == checks
+        assert ("zero-centre the inputs" in out) == checks
+    assert all(torch.equal(runs[True][k], runs[False][k]) for k in runs[True])
+    assert run.config.train.checks is False
+
+
+def test_lr_find_resolves_to_a_number_and_saves_the_sweep(tmp_path):
+    run = cnnlab.fit("digits", epochs=1, lr="find", out=str(tmp_path / "run"), quiet=True)
+    assert isinstance(run.config.train.lr, float) and 1e-5 < run.config.train.lr < 1e-1
+    found = json.loads((tmp_path / "run" / "lr_find.json").read_text())
+    assert len(found["sweeps"]) == 3 and found["low"] <= found["suggested"] <= found["high"]
+    assert "lr: " + str(run.config.train.lr) in (tmp_path / "run" / "config.yaml").read_text()
+    assert (tmp_path / "run" / "lr_find.png").is_file()
+    with pytest.raises(CnnlabError, match="must be positive, or find"):
+        cnnlab.fit("digits", lr="fast")
