@@ -19,7 +19,7 @@ from cnnlab.data.stream import sample_images
 from cnnlab.doctor import plots
 from cnnlab.doctor.checks import OK, DoctorReport, print_report
 from cnnlab.doctor.data import data_checks
-from cnnlab.doctor.probes import gradient_checks, init_checks, initial_loss_check
+from cnnlab.doctor.probes import ADAPTIVE_HIGH, UPDATE_BAND, gradient_checks, init_checks, initial_loss_check
 from cnnlab.doctor.training import lr_check, lr_find, overfit_check, probe
 from cnnlab.errors import CnnlabError
 from cnnlab.models.simple import count_parameters
@@ -104,8 +104,8 @@ def run_model_checks(report: DoctorReport, cfg: Config, model: nn.Module, num_cl
     report.add(*checks)
     checks, report.details["activations"] = init_checks(model, x)
     report.add(*checks)
-    checks, report.details["gradients"] = gradient_checks(model, loss_fn, opt, x, y,
-                                                          cfg.train.optimizer.lower() != "sgd")
+    report.details["adaptive"] = adaptive = cfg.train.optimizer.lower() != "sgd"
+    checks, report.details["gradients"] = gradient_checks(model, loss_fn, opt, x, y, adaptive)
     report.add(*checks)
     if not report.details["gradients"]:
         report.add(*overfit_check(model, loss_fn, opt, train[0][:64], train[1][:64])[0])
@@ -129,7 +129,8 @@ def write_outputs(report: DoctorReport, folder: Path, lr: float) -> None:
     report.write(folder)
     d = report.details
     if d.get("gradients"):
-        plots.layers_plot(d.get("activations") or [], d["gradients"], folder / "layers.png")
+        plots.layers_plot(d.get("activations") or [], d["gradients"], folder / "layers.png",
+                          ADAPTIVE_HIGH if d.get("adaptive") else UPDATE_BAND[1])
     if d.get("lr_find"):
         plots.lr_plot(d["lr_find"], lr, folder / "lr_find.png")
     if d.get("probe"):
@@ -157,7 +158,7 @@ def before_training(cfg: Config, run_dir, data: PreparedData, model: nn.Module, 
         f"lr_find.json / lr_find.png")
     if dist.is_writer():
         folder = Path(run_dir.path)
-        sweeps = [{"lr": s["lr"], "loss": s["loss"], "suggested": s["suggested"]} for s in found["sweeps"]]
+        sweeps = [{k: s[k] for k in ("lr", "loss", "suggested", "fell")} for s in found["sweeps"]]
         (folder / "lr_find.json").write_text(json.dumps({**found, "sweeps": sweeps, "lr": cfg.train.lr}, indent=1))
         plots.lr_plot(found, cfg.train.lr, folder / "lr_find.png")
     return cfg

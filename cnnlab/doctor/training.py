@@ -86,7 +86,8 @@ def lr_sweep(model: nn.Module, loss_fn, optimizer_fn, x: torch.Tensor, y: torch.
         best = min(best, smooth)
         lrs.append(lr)
         losses.append(smooth)
-    return {"lr": lrs, "loss": losses, "suggested": suggest(lrs, losses)}
+    fell = bool(losses) and min(losses) < 0.9 * losses[0]
+    return {"lr": lrs, "loss": losses, "suggested": suggest(lrs, losses), "fell": fell}
 
 
 def suggest(lrs: list[float], losses: list[float]) -> float:
@@ -111,6 +112,9 @@ def lr_check(found: dict, lr: float) -> list[Check]:
     expected = "set lr within 10x of the suggestion"
     if not found["sweeps"][0]["lr"]:
         return [Check("lr range test", FAIL, value, expected, "the loss diverged at once: check the data / init")]
+    if not any(sw["fell"] for sw in found["sweeps"]):
+        return [Check("lr range test", WARN, value, expected, "the loss never fell during the sweep: no lr trains "
+                      "this model (see the init and gradient checks)")]
     if hi / lo > 10:
         return [Check("lr range test", WARN, value, expected, "the sweeps disagree (noisy loss): larger batches, "
                       "or try both ends")]
