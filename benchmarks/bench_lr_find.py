@@ -30,24 +30,36 @@ MNV1 = ["--model", "mobilenet_v1", "--model-arg", "width=0.25", "--model-arg", "
 CASES = {
     "cats": {"name": "cats_vs_dogs, MobileNetV1 x0.25 fine-tune (3 epochs, batch 32)",
              "data": str(DATASETS / "cats_vs_dogs"), "args": MNV1},
-    "cifar": {"name": "cifar10, seed_cnn from scratch (1 epoch, batch 128)", "data": str(DATASETS / "cifar10"),
-              "args": ["--model", "seed_cnn", "--epochs", "1"]},
+    "cifar": {"name": "cifar10 (8,000 train), seed_cnn from scratch (1 epoch, batch 128)",
+              "data": str(DATASETS / "cifar10"), "args": ["--model", "seed_cnn", "--epochs", "1"]},
+    "cifar5": {"name": "cifar10 (8,000 train), seed_cnn from scratch (5 epochs, batch 128)",
+               "data": str(DATASETS / "cifar10"), "args": ["--model", "seed_cnn", "--epochs", "5"]},
 }
+DEFAULT_ADAM_LR = 3e-3
 COMMON = ["--quiet", "--no-tensorboard", "--no-csv-log"]
 
 
 def train(data: str, args: list[str], out: Path) -> dict:
     load = os.getloadavg()[0]
     t0 = time.perf_counter()
+    if (out / "metrics.json").is_file():  # done by an earlier, interrupted run of this script (--keep DIR)
+        saved = json.loads((out / "bench_wall.json").read_text())
+        return read_run(out, saved["wall_s"], saved["load"])
     proc = subprocess.run([sys.executable, "-m", "cnnlab", "train", data, *args, *COMMON, "--out", str(out)],
                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(Path.cwd())})
     wall = time.perf_counter() - t0
     if proc.returncode:
         raise SystemExit(f"failed: {' '.join(args)}\n{proc.stderr[-2000:]}")
+    (out / "bench_wall.json").write_text(json.dumps({"wall_s": round(wall, 1), "load": round(load, 2)}))
+    return read_run(out, wall, load)
+
+
+def read_run(out: Path, wall: float | None, load: float) -> dict:
     metrics = json.loads((out / "metrics.json").read_text())
     config = (out / "config.yaml").read_text()
-    lr = next(float(line.split(":")[1]) for line in config.splitlines() if line.strip().startswith("lr:"))
-    return {"val_accuracy": metrics["val"]["accuracy"], "lr": lr, "wall_s": round(wall, 1), "load": round(load, 2)}
+    text = next(line.split(":")[1] for line in config.splitlines() if line.strip().startswith("lr:")).strip()
+    lr = DEFAULT_ADAM_LR if text == "null" else float(text)  # null: the optimizer's default (adam)
+    return {"val_accuracy": metrics["val"]["accuracy"], "lr": lr, "wall_s": round(wall, 1) if wall is not None else None, "load": round(load, 2)}
 
 
 def run_case(key: str, tmp: Path) -> dict:
@@ -78,10 +90,11 @@ def markdown(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--only", choices=sorted(CASES))
+    parser.add_argument("--keep", help="keep the run folders here (and reuse finished ones)")
     args = parser.parse_args()
     keys = [args.only] if args.only else list(CASES)
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [run_case(k, Path(tmp)) for k in keys]
+        rows = [run_case(k, Path(args.keep or tmp)) for k in keys]
     for r in rows:
         print(json.dumps(r))
     write_results("lr_find", {"rows": rows, "hardware": hardware_info()}, markdown(rows))

@@ -62,7 +62,7 @@ def lr_plot(found: dict, lr: float, path: Path) -> Path:
     for k, s in enumerate(found["sweeps"]):
         ax.semilogx(s["lr"], s["loss"], label=f"seed {k}: {s['suggested']:.1e}")
     ax.axvspan(found["low"], found["high"], color="#2ca02c", alpha=0.2)
-    ax.axvline(found["suggested"], color="#2ca02c", label=f"suggested {found['suggested']:.1e}")
+    ax.axvline(found["suggested"], color="black", label=f"suggested {found['suggested']:.1e}")
     ax.axvline(lr, color="#d62728", ls="--", label=f"set lr {lr:.1e}")
     ax.set_xlabel("learning rate")
     ax.set_ylabel("smoothed loss")
