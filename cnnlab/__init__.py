@@ -16,7 +16,7 @@ _EXPORTS = {
     "fit": "cnnlab.api", "resume": "cnnlab.api", "compute_features": "cnnlab.api",
     "Run": "cnnlab.inference", "load_run": "cnnlab.inference", "evaluate": "cnnlab.inference",
     "predict": "cnnlab.inference", "Predictor": "cnnlab.train.predictor",
-    "RunDir": "cnnlab.runs", "export_run": "cnnlab.export",
+    "RunDir": "cnnlab.runs", "export_run": "cnnlab.export", "doctor": "cnnlab.doctor",
     "Config": "cnnlab.config", "load_config": "cnnlab.config",
     "CnnlabError": "cnnlab.errors",
     "create_model": "cnnlab.models", "list_models": "cnnlab.models", "register_model": "cnnlab.models",

@@ -23,6 +23,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.inference import Run, load_run
 from cnnlab.prepare import prepare_data
 from cnnlab.recipe import build_model, check_model_available, resolve_normalization, seed_everything
+from cnnlab.doctor.run import before_training
 from cnnlab.report import report_if_asked
 from cnnlab.runs import RunDir, default_path
 from cnnlab.session import make_console, train
@@ -61,7 +62,7 @@ def fit(data: str | None = None, *, config: str | Path | Config | dict | None = 
     try:
         run_dir = distributed.agree(lambda: RunDir.create(cfg.out, cfg.model.name))  # rank 0 creates it
         try:
-            run = train(cfg, run_dir, callbacks=callbacks)
+            run = train(cfg, run_dir, callbacks=callbacks, before=before_training)
         except BaseException:
             if dist.is_writer():
                 run_dir.remove_if_empty()  # nothing was written: leave no empty folder behind

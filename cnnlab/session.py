@@ -81,17 +81,20 @@ def make_console(verbose: int) -> Console:
 
 
 def train(cfg: Config, run_dir: RunDir, resume_state: dict | None = None, callbacks: list[Callback] | None = None,
-          console: Console | None = None) -> Run:
-    """Train the run `cfg` describes into `run_dir` (from the start, or from `resume_state`) and finish it."""
+          console: Console | None = None, before: Callable | None = None) -> Run:
+    """Train the run `cfg` describes into `run_dir` (from the start, or from `resume_state`) and finish it.
+
+    `before(cfg, run_dir, data, model, norm, log) -> cfg`: called once data and model exist, before anything is
+    decided from the config (fit passes the doctor's cheap checks and its `--lr find`)."""
     console = console or make_console(cfg.verbose if dist.is_writer() else 0)  # rank 0 prints for the job
-    session = start(cfg, run_dir, resume_state, list(callbacks or []), console)
+    session = start(cfg, run_dir, resume_state, list(callbacks or []), console, before)
     t0 = time.perf_counter()
     run_epochs(session, resume_state)
     return finish(session, time.perf_counter() - t0)
 
 
-def start(cfg: Config, run_dir: RunDir, resume_state: dict | None, extra: list[Callback],
-          console: Console) -> Session:
+def start(cfg: Config, run_dir: RunDir, resume_state: dict | None, extra: list[Callback], console: Console,
+          before: Callable | None = None) -> Session:
     """Everything up to the first step: data, plans, model, the resolved config, trainer and run files."""
     log = lambda m: console.print(m, markup=False, soft_wrap=True)  # noqa: E731
     device = distributed.rank_device(cfg) if dist.active() else resolve_device(cfg.train.device)
@@ -108,6 +111,8 @@ def start(cfg: Config, run_dir: RunDir, resume_state: dict | None, extra: list[C
     if dist.rank() > 0:  # every rank starts from the same weights; each draws its own dropout masks
         torch.manual_seed(cfg.train.seed + 1_000_003 * dist.rank())
     norm = resolve_normalization(cfg, data, model)
+    if before is not None and resume_state is None:
+        cfg = before(cfg, run_dir, data, model, norm, log)  # it consumes no global random state
     tplan = (plan_transfer(cfg, model, data.splits, data.class_names, data.geometry, norm, device, precision, log)
              if cfg.transfer.strategy != "none" else None)
     features = tplan.feature_splits if tplan is not None else None

@@ -12,10 +12,10 @@ import os
 import sys
 
 from cnnlab import __version__
-from cnnlab.cli import compare, data, evaluate, export, models, report, train, tune
+from cnnlab.cli import compare, data, doctor, evaluate, export, models, report, train, tune
 from cnnlab.errors import CnnlabError
 
-COMMANDS = (train, tune, evaluate, compare, report, export, data, models)
+COMMANDS = (train, doctor, tune, evaluate, compare, report, export, data, models)
 
 
 class Parser(argparse.ArgumentParser):

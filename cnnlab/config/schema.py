@@ -159,8 +159,12 @@ class TrainConfig(Section):
     batch_size: int | str = option("auto", "mini-batch size; full: batch gradient descent, 1: stochastic; auto: "
                                    "128, or 32 when fine-tuning", check=count_or("auto", "full"))
     optimizer: str = option("adam", "update rule", choices=registered("cnnlab.train.optim", "OPTIMIZERS.register"))
-    lr: float | None = option(None, "(peak) learning rate (default: the optimizer's: adam 3e-3, sgd 0.05)",
-                              check=positive)
+    lr: float | str | None = option(None, "(peak) learning rate (default: the optimizer's: adam 3e-3, sgd 0.05); "
+                                    "find: the range test of cnnlab doctor picks it (written to config.yaml)",
+                                    check=lambda v: None if v == "find" or (not isinstance(v, str) and v > 0)
+                                    else "must be positive, or find")
+    checks: bool = option(True, "before training, the cheap checks of cnnlab doctor (data, initial loss): a "
+                          "one-line warning each")
     momentum: float = option(0.9, "SGD / RMSprop momentum", check=at_least(0))
     nesterov: bool = option(False, "Nesterov momentum (sgd)")
     weight_decay: float = option(0.0, "L2 weight decay (on weights, not on biases and norm scales)",

@@ -1,0 +1,202 @@
+"""`doctor(data, **fit keywords)`: prepare the data and model as `cnnlab train` would, run the checks, write
+doctor.json and the plots, and return the DoctorReport."""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from torch import nn
+
+from cnnlab.config import Config, build_config
+from cnnlab.data.preprocess import Preprocess
+from cnnlab.data.stream import sample_images
+from cnnlab.doctor import plots
+from cnnlab.doctor.checks import OK, DoctorReport, print_report
+from cnnlab.doctor.data import data_checks
+from cnnlab.doctor.probes import ADAPTIVE_HIGH, UPDATE_BAND, gradient_checks, init_checks, initial_loss_check
+from cnnlab.doctor.training import lr_check, lr_find, overfit_check, probe
+from cnnlab.errors import CnnlabError
+from cnnlab.models.simple import count_parameters
+from cnnlab.prepare import PreparedData, prepare_data
+from cnnlab.recipe import build_loss, build_model, build_optimizer, resolve_normalization, seed_everything
+from cnnlab.train import dist
+from cnnlab.train.optim import DEFAULT_LR
+from cnnlab.train.trainer import resolve_device
+
+FLOAT_BUDGET = 50_000_000  # preprocessed float values of the subsets held at once (200 MB)
+
+
+def doctor(data: str | None = None, *, config: Any = None, overrides: list[str] | None = None,
+           module: nn.Module | None = None, quick: bool = False, console: Console | None = None,
+           **kwargs: Any) -> "DoctorReport":
+    """Run the learning-process checks on `data` with the model and options `fit` would use.
+
+    `module`: an nn.Module to check instead of the configured model. With `out=DIR` doctor.json and the plots are
+    written there. Returns the DoctorReport (`.checks`, `.failed`, `.exit_code`, `.to_json()`)."""
+    kwargs.pop("quiet", None)
+    cfg = build_config(data, config, overrides, caller="cnnlab doctor", **kwargs)
+    folder = output_folder(cfg.out) if cfg.out is not None else None  # refused before any work
+    report = diagnose(cfg, module=module, quick=quick, console=console)
+    if folder is not None:
+        write_outputs(report, folder, set_lr(cfg))
+    return report
+
+
+def set_lr(cfg: Config) -> float:
+    if cfg.train.lr == "find":
+        raise CnnlabError("cnnlab doctor runs the lr range test itself: drop --lr find (or give a number to check)")
+    return float(cfg.train.lr) if cfg.train.lr is not None else DEFAULT_LR[cfg.train.optimizer.lower()]
+
+
+def subset(data: PreparedData, split: str, n: int, preprocess) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Up to n images of a split, evenly spaced, preprocessed (float) with their labels."""
+    if split not in data.splits:
+        return None
+    s = data.splits[split]
+    c, (h, w) = data.geometry.channels, data.geometry.size
+    n = max(64, min(n, len(s), FLOAT_BUDGET // (c * h * w)))
+    idx = torch.randperm(len(s), generator=torch.Generator().manual_seed(0))[:n].sort().values
+    return preprocess(sample_images(s, idx)).float().contiguous(), s.y.index_select(0, idx)
+
+
+def make_optimizer_fn(cfg: Config):
+    return lambda net: build_optimizer(cfg, net)
+
+
+def diagnose(cfg: Config, module: nn.Module | None = None, quick: bool = False,
+             console: Console | None = None) -> DoctorReport:
+    console = console or Console(highlight=False, quiet=cfg.verbose == 0)
+    log = lambda m: console.print(m, markup=False, soft_wrap=True)  # noqa: E731
+    t0 = time.perf_counter()
+    device = resolve_device(cfg.train.device)
+    seed_everything(cfg.train.seed)
+    data = prepare_data(cfg, log)
+    num_classes = len(data.class_names)
+    seed_everything(cfg.train.seed)
+    model = module if module is not None else build_model(cfg, num_classes, data.geometry, log)
+    model = model.to(device).float()
+    norm = resolve_normalization(cfg, data, model)
+    preprocess = Preprocess(norm.mode, norm.mean, norm.std, device, False, norm.whitening)
+    report = DoctorReport()
+    checks, report.details["inputs"] = data_checks(cfg, data, count_parameters(model), preprocess)
+    report.add(*checks)
+    train = subset(data, "train", 1000 if quick else 2000, preprocess)
+    val = subset(data, "val", 500 if quick else 1000, preprocess)
+    run_model_checks(report, cfg, model, num_classes, train, val, quick, log)
+    log(f"doctor: {cfg.model.name} on {data.source.name} ({num_classes} classes, {len(train[1])} images probed) "
+        f"in {time.perf_counter() - t0:.1f} s")
+    return report
+
+
+def run_model_checks(report: DoctorReport, cfg: Config, model: nn.Module, num_classes: int, train: tuple,
+                     val: tuple | None, quick: bool, log) -> None:
+    loss_fn = build_loss(cfg, num_classes).to(next(iter(train)).device)
+    opt = make_optimizer_fn(cfg)
+    lr = set_lr(cfg)
+    x, y = train[0][:128], train[1][:128]
+    checks, report.details["initial_loss"] = initial_loss_check(model, loss_fn, x, y, num_classes)
+    report.add(*checks)
+    checks, report.details["activations"] = init_checks(model, x)
+    report.add(*checks)
+    report.details["adaptive"] = adaptive = cfg.train.optimizer.lower() != "sgd"
+    checks, report.details["gradients"] = gradient_checks(model, loss_fn, opt, x, y, adaptive)
+    report.add(*checks)
+    if not report.details["gradients"]:
+        report.add(*overfit_check(model, loss_fn, opt, train[0][:64], train[1][:64])[0])
+        return
+    checks, report.details["overfit"] = overfit_check(model, loss_fn, opt, train[0][:64], train[1][:64])
+    report.add(*checks)
+    found = lr_find(model, loss_fn, opt, *train, seeds=2 if quick else 3, steps=60 if quick else 100)
+    report.details["lr_find"] = found
+    report.add(*lr_check(found, lr))
+    counts = torch.bincount(train[1], minlength=num_classes).float()
+    chance = report.details["initial_loss"].get("chance", float("nan"))
+    checks, report.details["probe"] = probe(model, loss_fn, opt, train, val, float(counts.max() / counts.sum()),
+                                            chance, steps=80 if quick else 150)
+    report.add(*checks)
+
+
+def write_outputs(report: DoctorReport, folder: Path, lr: float) -> None:
+    """doctor.json and the PNG plots in `folder`."""
+    report.out = folder
+    folder.mkdir(parents=True, exist_ok=True)
+    report.write(folder)
+    d = report.details
+    if d.get("gradients"):
+        plots.layers_plot(d.get("activations") or [], d["gradients"], folder / "layers.png",
+                          ADAPTIVE_HIGH if d.get("adaptive") else UPDATE_BAND[1])
+    if d.get("lr_find"):
+        plots.lr_plot(d["lr_find"], lr, folder / "lr_find.png")
+    if d.get("probe"):
+        plots.training_plot(d["overfit"]["losses"], d["probe"]["losses"], d["initial_loss"]["chance"],
+                            folder / "training.png")
+
+
+def before_training(cfg: Config, run_dir, data: PreparedData, model: nn.Module, norm, log) -> Config:
+    """cnnlab train's hook: the cheap checks (data, initial loss: a line for each one not ok), and `--lr find`
+    resolved to a number (the sweep in RUN/lr_find.json and .png). The global random state is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        if cfg.train.checks:
+            for c in cheap_checks(cfg, data, model, norm):
+                if c.status != OK:
+                    log(f"check {c.status}: {c.name}: {c.value}; {c.advice}")
+        if cfg.train.lr != "find":
+            return cfg
+        if cfg.distributed.nproc > 1 or dist.active():
+            raise CnnlabError("--lr find runs in one process: find it with one (cnnlab doctor DATA), then pass the "
+                              "number to the distributed run")
+        found = find_lr(cfg, data, model, norm)
+    cfg = cfg.copy()
+    cfg.train.lr = float(f"{found['suggested']:.2g}")
+    log(f"lr find: suggested {cfg.train.lr:g} (seeds {found['low']:.1e}..{found['high']:.1e}); saved "
+        f"lr_find.json / lr_find.png")
+    if dist.is_writer():
+        folder = Path(run_dir.path)
+        sweeps = [{k: s[k] for k in ("lr", "loss", "suggested", "fell")} for s in found["sweeps"]]
+        (folder / "lr_find.json").write_text(json.dumps({**found, "sweeps": sweeps, "lr": cfg.train.lr}, indent=1))
+        plots.lr_plot(found, cfg.train.lr, folder / "lr_find.png")
+    return cfg
+
+
+def cheap_checks(cfg: Config, data: PreparedData, model: nn.Module, norm) -> list:
+    """Checks 1 (without duplicates) and 2 on the CPU, in eval mode (no batch-norm statistics move)."""
+    was_training = model.training
+    preprocess = Preprocess(norm.mode, norm.mean, norm.std, torch.device("cpu"), False, norm.whitening)
+    checks, _ = data_checks(cfg, data, count_parameters(model), preprocess, duplicates=False)
+    x, y = subset(data, "train", 128, preprocess)
+    try:
+        checks += initial_loss_check(model, build_loss(cfg, len(data.class_names)), x, y, len(data.class_names))[0]
+    finally:
+        model.train(was_training)
+    return checks
+
+
+def find_lr(cfg: Config, data: PreparedData, model: nn.Module, norm) -> dict:
+    """The range test of `doctor` on up to 2,000 training images, 3 seeds."""
+    device = resolve_device(cfg.train.device)
+    net = copy.deepcopy(model).to(device).float()
+    preprocess = Preprocess(norm.mode, norm.mean, norm.std, device, False, norm.whitening)
+    x, y = subset(data, "train", 2000, preprocess)
+    probe_cfg = cfg.copy()
+    probe_cfg.train.lr = 1e-3  # replaced step by step by the sweep
+    loss_fn = build_loss(cfg, len(data.class_names)).to(device)
+    return lr_find(net, loss_fn, make_optimizer_fn(probe_cfg), x, y, seeds=3, steps=100)
+
+
+def output_folder(out: str | None) -> Path:
+    """--out, refused when it is a non-empty folder; default runs/doctor-<time>."""
+    if out is None:
+        return Path("runs") / time.strftime("doctor-%Y%m%d-%H%M%S")
+    path = Path(out)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise CnnlabError(f"--out {out} exists and is not empty: doctor never overwrites it; choose a new folder")
+    return path
+
+
+__all__ = ["doctor", "diagnose", "print_report", "write_outputs", "output_folder"]

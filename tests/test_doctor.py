@@ -1,0 +1,148 @@
+"""cnnlab doctor: each planted fault gets its verdict (not just a run), a healthy model gets all ok."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import cnnlab
+from cnnlab.cli import main
+from cnnlab.errors import CnnlabError
+from cnnlab.models import create_model
+from conftest import dataset_path, make_image_folder
+
+FAST = {"verbose": 0, "quick": True}
+
+
+def diagnose(data="digits", **kwargs):
+    return cnnlab.doctor(data, **{**FAST, **kwargs})
+
+
+def test_zero_init_breaks_symmetry():
+    report = diagnose(model="seed_cnn", model_kwargs={"init": "zeros"})
+    assert report.status("init: symmetry") == "fail"
+    assert "symmetry never breaks" in report.get("init: symmetry").advice
+    assert report.exit_code == 1
+
+
+def test_small_normal_init_on_a_deep_plain_net_vanishes():
+    report = diagnose(model="mlp", model_kwargs={"depth": 8, "init": "normal:0.01"})
+    check = report.get("init: activations")
+    assert check.status == "fail" and "vanish" in check.advice
+
+
+def test_large_normal_init_with_tanh_saturates():
+    report = diagnose(model="mlp", model_kwargs={"depth": 6, "activation": "tanh", "init": "normal:1.0"})
+    check = report.get("init: saturation")
+    assert check.status == "fail" and "saturated" in check.advice
+
+
+def test_sigmoid_in_a_deep_net_vanishes_the_gradients():
+    report = diagnose(model="mlp", model_kwargs={"depth": 10, "activation": "sigmoid"})
+    check = report.get("gradients")
+    assert check.status == "fail" and "vanishing gradients" in check.advice
+
+
+def test_a_softmax_inside_the_model_puts_the_initial_loss_off():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10), nn.Softmax(dim=1))
+    check = diagnose(module=model).get("initial loss")
+    assert check.status == "fail" and "softmax" in check.advice
+
+
+def test_lr_10_diverges():
+    report = diagnose(model="seed_cnn", lr=10.0)
+    assert report.status("training probe") == "fail"
+    assert "lr is too high" in report.get("training probe").advice
+    assert report.status("updates") in ("warn", "fail")
+
+
+def test_shuffled_labels_overfit_the_tiny_subset_but_val_stays_at_chance(tmp_path):
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    y = np.random.default_rng(0).permutation(d.target)
+    np.savez(tmp_path / "shuffled.npz", x=np.clip(d.images * 16, 0, 255).astype(np.uint8), y=y)
+    report = diagnose(str(tmp_path / "shuffled.npz"), model="seed_cnn")
+    assert report.status("overfit tiny") == "ok"
+    probe = report.get("training probe")
+    assert probe.status == "warn" and "labels" in probe.advice
+    assert report.details["probe"]["val_accuracy"] < 0.2
+
+
+def test_a_frozen_model_without_a_trainable_head_cannot_overfit():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    model.requires_grad_(False)
+    report = diagnose(module=model)
+    assert report.status("overfit tiny") == "fail"
+    assert report.exit_code == 1
+
+
+def test_few_photos_on_a_large_model_from_scratch_get_the_data_advice(tmp_path):
+    folder = make_image_folder(tmp_path / "photos", per_class=100, size=16)
+    report = diagnose(str(folder), model="mlp", model_kwargs={"hidden": [4096]})
+    check = report.get("data: size vs model")
+    assert check.status == "warn"
+    assert "from scratch: expect heavy overfitting" in check.advice and "feature-extract" in check.advice
+
+
+def test_a_healthy_seed_cnn_on_mnist_is_all_ok_and_exits_0(tmp_path, capsys):
+    mnist = dataset_path("mnist")
+    out = tmp_path / "doc"
+    rc = main(["doctor", str(mnist), "--out", str(out)])
+    rows = json.loads((out / "doctor.json").read_text())
+    assert [r for r in rows if r["status"] != "ok"] == [] and rc == 0
+    assert {"layers.png", "lr_find.png", "training.png"} <= {p.name for p in out.iterdir()}
+    assert "all ok" in capsys.readouterr().out
+
+
+def test_cli_exits_1_on_zero_init_and_refuses_a_non_empty_out(tmp_path, capsys):
+    out = tmp_path / "doc"
+    assert main(["doctor", "digits", "--quick", "--model-arg", "init=zeros", "--out", str(out)]) == 1
+    assert "symmetry" in capsys.readouterr().out
+    rows = json.loads((out / "doctor.json").read_text())
+    assert {"name", "status", "value", "expected", "advice"} == set(rows[0])
+    assert main(["doctor", "digits", "--out", str(out)]) == 2
+    assert "not empty" in capsys.readouterr().err
+
+
+def test_init_option_default_unchanged_and_unknown_values_one_line_errors():
+    torch.manual_seed(0)
+    a = create_model("seed_cnn", 10).state_dict()
+    torch.manual_seed(0)
+    b = create_model("seed_cnn", 10, init=None).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(CnnlabError, match="unknown init 'gauss'"):
+        create_model("mlp", 10, init="gauss")
+    zeros = create_model("lenet5", 10, init="zeros")
+    assert all(float(p.detach().abs().sum()) == 0 for p in zeros.parameters())
+
+
+def test_train_runs_the_cheap_checks_without_changing_the_weights(tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    runs = {}
+    for checks in (True, False):
+        run = cnnlab.fit("digits", epochs=1, normalize="scale", checks=checks, out=str(tmp_path / str(checks)),
+                         quiet=True)
+        runs[checks] = load_file(str(tmp_path / str(checks) / "last.safetensors"))
+        out = capsys.readouterr().out
+        assert ("check warn: data: input statistics" in out) == checks
+        assert ("zero-centre the inputs" in out) == checks
+    assert all(torch.equal(runs[True][k], runs[False][k]) for k in runs[True])
+    assert run.config.train.checks is False
+
+
+def test_lr_find_resolves_to_a_number_and_saves_the_sweep(tmp_path):
+    run = cnnlab.fit("digits", epochs=1, lr="find", out=str(tmp_path / "run"), quiet=True)
+    assert isinstance(run.config.train.lr, float) and 1e-5 < run.config.train.lr < 1e-1
+    found = json.loads((tmp_path / "run" / "lr_find.json").read_text())
+    assert len(found["sweeps"]) == 3 and found["low"] <= found["suggested"] <= found["high"]
+    assert "lr: " + str(run.config.train.lr) in (tmp_path / "run" / "config.yaml").read_text()
+    assert (tmp_path / "run" / "lr_find.png").is_file()
+    with pytest.raises(CnnlabError, match="must be positive, or find"):
+        cnnlab.fit("digits", lr="fast")
