@@ -59,7 +59,8 @@ def read_run(out: Path, wall: float | None, load: float) -> dict:
     config = (out / "config.yaml").read_text()
     text = next(line.split(":")[1] for line in config.splitlines() if line.strip().startswith("lr:")).strip()
     lr = DEFAULT_ADAM_LR if text == "null" else float(text)  # null: the optimizer's default (adam)
-    return {"val_accuracy": metrics["val"]["accuracy"], "lr": lr, "wall_s": round(wall, 1) if wall is not None else None, "load": round(load, 2)}
+    return {"val_accuracy": metrics["val"]["accuracy"], "lr": lr,
+            "wall_s": round(wall, 1) if wall is not None else None, "load": round(load, 2)}
 
 
 def run_case(key: str, tmp: Path) -> dict:

@@ -19,11 +19,11 @@ from typing import Any
 from cnnlab import distributed
 from cnnlab.config import Config, apply_keywords, build_config, config_to_yaml, fields
 from cnnlab.data.preprocess import Preprocess
+from cnnlab.doctor.run import before_training
 from cnnlab.errors import CnnlabError
 from cnnlab.inference import Run, load_run
 from cnnlab.prepare import prepare_data
 from cnnlab.recipe import build_model, check_model_available, resolve_normalization, seed_everything
-from cnnlab.doctor.run import before_training
 from cnnlab.report import report_if_asked
 from cnnlab.runs import RunDir, default_path
 from cnnlab.session import make_console, train

@@ -7,13 +7,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import dataset_path, make_image_folder
 from torch import nn
 
 import cnnlab
 from cnnlab.cli import main
 from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model
-from conftest import dataset_path, make_image_folder
 
 FAST = {"verbose": 0, "quick": True}
 

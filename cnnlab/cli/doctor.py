@@ -36,9 +36,9 @@ def run(args: argparse.Namespace) -> int:
     from cnnlab.doctor.run import output_folder, print_report
 
     cfg.out = str(output_folder(cfg.out))  # a new folder by default; a non-empty --out is refused
-    from cnnlab.doctor import doctor
-
     import sys
+
+    from cnnlab.doctor import doctor
 
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
     report = doctor(config=cfg, quick=args.quick, console=console)

@@ -91,9 +91,9 @@ def symmetric_layers(model: nn.Module) -> list[str]:
     out = []
     for name, m in weight_layers(model):
         w = m.weight.detach().reshape(m.weight.shape[0], -1)
-        if w.shape[0] > 1 and (w - w[:1]).abs().max() == 0:
-            if m.bias is None or (m.bias - m.bias[:1]).abs().max() == 0:
-                out.append(name)
+        same_bias = m.bias is None or (m.bias - m.bias[:1]).abs().max() == 0
+        if w.shape[0] > 1 and (w - w[:1]).abs().max() == 0 and same_bias:
+            out.append(name)
     return out
 
 

@@ -34,7 +34,7 @@ FLOAT_BUDGET = 50_000_000  # preprocessed float values of the subsets held at on
 
 def doctor(data: str | None = None, *, config: Any = None, overrides: list[str] | None = None,
            module: nn.Module | None = None, quick: bool = False, console: Console | None = None,
-           **kwargs: Any) -> "DoctorReport":
+           **kwargs: Any) -> DoctorReport:
     """Run the learning-process checks on `data` with the model and options `fit` would use.
 
     `module`: an nn.Module to check instead of the configured model. With `out=DIR` doctor.json and the plots are
