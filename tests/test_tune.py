@@ -132,9 +132,9 @@ def test_a_bad_space_on_the_command_line_exits_2_with_one_line(tmp_path):
 
 # -- a search ----------------------------------------------------------------------------------------------------
 def test_grid_search_runs_folders_records_a_failed_trial_and_writes_a_trainable_best_yaml(tmp_path):
-    """mlp takes no `width`: those trials fail with their reason, and the study goes on."""
+    """seed_cnn takes no `depth` (mlp does): those trials fail with their reason, and the study goes on."""
     space = write_space(tmp_path / "s.yaml", {"model.name": {"grid": ["seed_cnn", "mlp"]},
-                                              "model.kwargs.width": {"grid": [8]},
+                                              "model.kwargs.depth": {"grid": [2]},
                                               "train.lr": {"grid": [1e-3, 3e-3]}})
     out = tmp_path / "search"
     r = tune_cli("digits", *BASE, "--epochs", "1", "--trials", "4", "--sampler", "grid", "--space", space,
@@ -148,7 +148,7 @@ def test_grid_search_runs_folders_records_a_failed_trial_and_writes_a_trainable_
     for t in record["trials"]:
         run = out / "trials" / f"{t['number']:04d}"
         if t["state"] == "FAIL":
-            assert t["params"]["model.name"] == "mlp" and "width" in t["reason"] and "\n" not in t["reason"]
+            assert t["params"]["model.name"] == "seed_cnn" and "depth" in t["reason"] and "\n" not in t["reason"]
             continue
         else:
             metrics = json.loads((run / "metrics.json").read_text())
@@ -156,7 +156,7 @@ def test_grid_search_runs_folders_records_a_failed_trial_and_writes_a_trainable_
     assert "top 2 of 4 trials" not in r.stdout and "val_accuracy" in r.stdout and "2 complete, 2 fail" in r.stdout
     assert (out / "history.png").stat().st_size > 5000 and (out / "parallel.png").stat().st_size > 5000
     best = yaml.safe_load((out / "best.yaml").read_text())
-    assert best["model"]["name"] == "seed_cnn" and best["train"]["lr"] == record["best"]["params"]["train.lr"]
+    assert best["model"]["name"] == "mlp" and best["train"]["lr"] == record["best"]["params"]["train.lr"]
     again = run_cli("train", "--config", str(out / "best.yaml"), "--out", str(tmp_path / "again"), "--quiet")
     assert again.returncode == 0, again.stderr
     retrained = json.loads((tmp_path / "again" / "metrics.json").read_text())["best"]["val_accuracy"]
