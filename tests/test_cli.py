@@ -33,7 +33,7 @@ def test_single_class(tmp_path):
 def test_unknown_model_suggests_close_names(tmp_path):
     make_image_folder(tmp_path / "d", per_class=4)
     r = run_cli("train", str(tmp_path / "d"), "--model", "seed_cn", "--out", str(tmp_path / "r"))
-    assert_user_error(r, "unknown model 'seed_cn'", "did you mean seed_cnn")
+    assert_user_error(r, "unknown model 'seed_cn'", "did you mean seed_cnn", "timm:NAME")
     assert not (tmp_path / "r").exists()
 
 

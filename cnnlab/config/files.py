@@ -160,4 +160,8 @@ def check_model_name(name: str) -> None:
         if not Path(name).is_file():
             raise CnnlabError(f"layer-spec file not found: {name}")
         return
-    MODELS.check(name)
+    try:
+        MODELS.check(name)
+    except CnnlabError as e:  # the zoo's names; timm's thousand are not listed without importing timm
+        raise CnnlabError(f"{e}; or any timm model as timm:NAME (list them: cnnlab models --timm '*{name[:4]}*')") \
+            from None
