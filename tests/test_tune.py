@@ -156,6 +156,8 @@ def test_grid_search_runs_folders_records_a_failed_trial_and_writes_a_trainable_
     assert "top 2 of 4 trials" not in r.stdout and "val_accuracy" in r.stdout and "2 complete, 2 fail" in r.stdout
     assert (out / "history.png").stat().st_size > 5000 and (out / "parallel.png").stat().st_size > 5000
     best = yaml.safe_load((out / "best.yaml").read_text())
+    trial_cfg = yaml.safe_load((out / record["best"]["run"] / "config.yaml").read_text())
+    assert trial_cfg["train"]["checks"] is False and best["train"]["checks"] is True  # per-trial checks skipped
     assert best["model"]["name"] == "mlp" and best["train"]["lr"] == record["best"]["params"]["train.lr"]
     again = run_cli("train", "--config", str(out / "best.yaml"), "--out", str(tmp_path / "again"), "--quiet")
     assert again.returncode == 0, again.stderr

@@ -51,6 +51,7 @@ def write_best(out: Path, best: FrozenTrial) -> Path:
     data = {k: v for k, v in run.read_raw_config().items() if k not in ("meta", "resolved")}
     data["out"] = None
     data["verbose"] = 1
+    data["train"]["checks"] = True  # off in trials only (tune skips them there)
     path = out / BEST_YAML
     head = f"# cnnlab tune: trial {best.number} (value {best.value:.6g}); cnnlab train --config {path}\n"
     path.write_text(head + yaml.safe_dump(data, sort_keys=False), encoding="utf-8")

@@ -94,6 +94,7 @@ def run_trial(study: optuna.Study, trial: Trial, resumed: bool, base: Config, pa
         cfg = trial_config(base, values)  # a combination the config refuses fails here, in a millisecond
         cfg.out, cfg.verbose = str(folder), 0
         cfg.train.nan_policy = "stop"  # a diverging trial is a failed trial, not one to nurse
+        cfg.train.checks = False  # train's cheap checks, repeated per trial, doubled a head search (cnnlab doctor)
         with Heartbeat(trial):
             run = train_or_resume(cfg, folder, resumed, report)
         value = (run.metrics.get("best") or {}).get(run.config.callbacks.monitor)
