@@ -39,6 +39,7 @@ def test_train_with_report_writes_a_page_whose_every_image_is_a_local_png(quad):
     assert "Grad-CAM target layer, chosen automatically: <b>features (Sequential, output 64x4x4)" in text
     assert "First-layer filters: features.0, 16 kernels of 3x3x3" in text
     assert "light: hflip=0.5, translate=0.1" in text
+    assert "<td>validation</td><td>0.2 of train held out (val_split, seed 0)</td>" in text
 
 
 def test_the_confusion_matrix_is_the_one_evaluate_and_metrics_json_give(quad):
@@ -157,6 +158,16 @@ def test_two_classes_show_roc_and_pr_with_the_threshold_the_run_uses(tmp_path, o
     assert f"P(dog) &ge; {threshold:.4g} (the run&#x27;s decision threshold)" in text
     assert (page.parent / "roc_pr.png").is_file()
     assert f"ROC AUC {run.metrics['val']['roc_auc']:.4f}" in text
+
+
+def test_a_val_folder_of_the_data_is_named_as_the_validation(tmp_path, one_thread):
+    import cnnlab
+    from cnnlab.report import write_report
+
+    data = make_image_folder(tmp_path / "pets", classes=("cat", "dog"), per_class=6, size=12, splits=("train", "val"))
+    run = cnnlab.fit(str(data), model="mlp", epochs=1, verbose=0, out=str(tmp_path / "r"))
+    text = write_report(run.dir).read_text(encoding="utf-8")
+    assert "<td>validation</td><td>the data&#x27;s own val split (12 images)</td>" in text
 
 
 def test_an_mlp_gets_no_grad_cam_and_its_first_layer_as_images(tmp_path, one_thread):

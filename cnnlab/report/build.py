@@ -169,7 +169,8 @@ def write_report(run: Run | str | Path, data: str | None = None, split: str = "a
         parts = Parts(read_run_info(run_dir), f"{run.config.model.name} on {Path(view.source.name).name}: "
                       f"{run_dir.path.name}", str(data or run.config.data.source), view.name,
                       split_counts(view, len(run.class_names)), view.skipped, preds,
-                      split_scores(preds, run.class_names), picks, rendered, trace, augment=used_augmentation(run))
+                      split_scores(preds, run.class_names), picks, rendered, trace, augment=used_augmentation(run),
+                      val_held_out=view.source.val_held_out)
         draw_figures(run, parts, tmp)
         clock.done("figures")
         parts.seconds, parts.phases = clock.total, clock.seconds

@@ -32,6 +32,7 @@ class Parts:
     augment: str | None = None  # the augmentation the run used, or None
     seconds: float = 0.0
     phases: dict[str, float] = field(default_factory=dict)  # seconds per phase of the report
+    val_held_out: bool = False  # the val column of `counts` was held out of train, not the data's own
 
     @property
     def classes(self) -> list[str]:
@@ -70,8 +71,18 @@ def _data_table(p: Parts) -> str:
     return kv_table([("source", d.get("source")), ("kind", p.info.resolved.get("data_kind")),
                      ("classes", len(p.classes)), ("image", f"{d.get('channels')}x{size}x{size} ({d.get('resize')})"),
                      ("normalization", f"{d.get('normalize')} mean {d.get('mean')} std {d.get('std')}"),
-                     ("validation", f"{d.get('val_source')} (val_split {d.get('val_split')})"),
+                     ("validation", _validation(p, d)),
                      ("augmentation", p.augment or "none")])
+
+
+def _validation(p: Parts, d: dict) -> str:
+    """Where the val images came from: the data's own val split, its test split, or held out from train."""
+    if d.get("val_source") == "test":
+        return "the data's test split (data.val_source=test)"
+    if "val" in p.counts and not p.val_held_out:
+        return f"the data's own val split ({sum(p.counts['val']):,} images)"
+    seed = p.info.config.get("train", {}).get("seed")
+    return f"{d.get('val_split')} of train held out (val_split, seed {seed})"
 
 
 def _training_table(p: Parts) -> str:

@@ -67,6 +67,7 @@ class DataSource:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
     label_col: str | None = None  # for CSV sources: the column a submission file uses
     id_col: str | None = None
+    val_held_out: bool = False  # the val split was held out of train by load_source, not read from the data
 
     @property
     def num_classes(self) -> int:

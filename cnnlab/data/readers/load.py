@@ -61,6 +61,7 @@ def load_source(source: str, *, val_split: float = 0.2, seed: int = 0, images: s
     if "val" not in src.splits and val_split > 0:
         tr, va = stratified_split(train.labels, val_split, seed)
         src.splits["train"], src.splits["val"] = train.subset(tr), train.subset(va)
+        src.val_held_out = True
     return src
 
 
