@@ -70,8 +70,8 @@ class OnnxPredictor:
 
     def batch_input(self, x: torch.Tensor) -> np.ndarray:
         """uint8 (B, C, H, W) -> what the graph takes: uint8 NHWC (raw input) or normalized float NCHW."""
-        if self.spec["input"]["raw"]:
-            return x.permute(0, 2, 3, 1).contiguous().numpy()
+        if self.spec["input"]["raw"]:  # in numpy: torch's copy would leave OpenMP threads spinning against ORT's
+            return np.ascontiguousarray(x.numpy().transpose(0, 2, 3, 1))
         return self.preprocess(x).contiguous().numpy().astype(np.float32)
 
     def predict_proba(self, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
