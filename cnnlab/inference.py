@@ -146,13 +146,14 @@ def load_images(run: Run, data: str | None = None, split: str = "auto") -> Label
         if split == "val" and "val" not in probe.splits else probe
     if split not in src.splits:
         raise CnnlabError(f"{data} has no '{split}' split (it has {', '.join(src.splits)})")
-    labels = _map_labels(src.class_names, run.class_names, data)
+    labels = label_map(src.class_names, run.class_names, data)
     decoded = decode_split(src, src.splits[split], run.geometry, d.resize)
     y = torch.from_numpy(labels[decoded.y.numpy()])
     return LabelledImages(str(data), split, decoded.x, y, decoded.ids, len(decoded.skipped))
 
 
-def _map_labels(data_classes: list[str], run_classes: list[str], data: str) -> np.ndarray:
+def label_map(data_classes: list[str], run_classes: list[str], data: str) -> np.ndarray:
+    """Class index of the data -> class index of the run; classes the run does not know are refused."""
     unknown = [c for c in data_classes if c not in run_classes]
     if unknown:
         raise CnnlabError(f"{data} has classes the model was not trained on: {', '.join(unknown[:5])} "

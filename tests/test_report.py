@@ -241,7 +241,8 @@ def _zoo_names() -> list[str]:
 
 @pytest.mark.parametrize("name", _zoo_names())
 def test_every_zoo_model_gets_a_target_layer_and_finite_maps(name, one_thread):
-    from cnnlab.report.gradcam import as_written, grad_cams
+    from cnnlab.models.rewrite import as_written
+    from cnnlab.report.gradcam import grad_cams
     from cnnlab.report.layers import trace_model
 
     model = _zoo_model(name, 32)

@@ -12,6 +12,7 @@ from cnnlab.data.augment import Augmenter, describe
 from cnnlab.data.dataset import decode_split, infer_geometry
 from cnnlab.data.readers import load_source
 from cnnlab.errors import CnnlabError
+from cnnlab.plotting import pyplot, save
 
 
 def preview_batches(cfg: Config, n: int, rows: int = 3) -> tuple[torch.Tensor, list[torch.Tensor], list[str]]:
@@ -33,23 +34,13 @@ def preview_batches(cfg: Config, n: int, rows: int = 3) -> tuple[torch.Tensor, l
     return x, out, names
 
 
-def write_augment_preview(data: str, out: str | Path, preset: str = "medium", n: int = 8, seed: int = 0,
-                          image_size: int | None = None, overrides: list[str] | None = None) -> Path:
-    """Write the grid: first row originals (with class names), then one row per augmented epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if n < 1:
-        raise CnnlabError(f"--n must be at least 1, got {n}")
-    cfg = Config()
-    cfg.data.source, cfg.augment.preset, cfg.train.seed, cfg.data.image_size = data, preset, seed, image_size
-    apply_overrides(cfg, overrides or [])
-    x, augmented, names = preview_batches(cfg, n)
+def draw_augmentation_grid(plt, x: torch.Tensor, augmented: list[torch.Tensor], names: list[str], row_name: str,
+                           scale: tuple[float, float] = (1.6, 1.7), fontsize: int = 8):
+    """A figure of the originals (uint8, first row, titled with their class) above the augmented rows (float in
+    [0, 1]), each row labelled `row_name` and its number."""
     rows = [x.float() / 255, *augmented]
     cols = len(x)
-    fig, axes = plt.subplots(len(rows), cols, figsize=(1.6 * cols, 1.7 * len(rows)), squeeze=False)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(scale[0] * cols, scale[1] * len(rows)), squeeze=False)
     for r, batch in enumerate(rows):
         for c in range(cols):
             ax = axes[r][c]
@@ -59,12 +50,23 @@ def write_augment_preview(data: str, out: str | Path, preset: str = "medium", n:
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
-                ax.set_title(names[c][:14], fontsize=8)
-        axes[r][0].set_ylabel("original" if r == 0 else f"epoch {r}", fontsize=9)
+                ax.set_title(names[c][:14], fontsize=fontsize)
+        axes[r][0].set_ylabel("original" if r == 0 else f"{row_name} {r}", fontsize=fontsize + 1)
+    return fig
+
+
+def write_augment_preview(data: str, out: str | Path, preset: str = "medium", n: int = 8, seed: int = 0,
+                          image_size: int | None = None, overrides: list[str] | None = None) -> Path:
+    """Write the grid: first row originals (with class names), then one row per augmented epoch."""
+    if n < 1:
+        raise CnnlabError(f"--n must be at least 1, got {n}")
+    cfg = Config()
+    cfg.data.source, cfg.augment.preset, cfg.train.seed, cfg.data.image_size = data, preset, seed, image_size
+    apply_overrides(cfg, overrides or [])
+    x, augmented, names = preview_batches(cfg, n)
+    fig = draw_augmentation_grid(pyplot(), x, augmented, names, "epoch")
     fig.suptitle(f"augmentation {describe(cfg.augment)}", fontsize=9, wrap=True)
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return save(fig, out, tight=False)

@@ -6,23 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cnnlab.doctor.probes import UPDATE_BAND
-
-DPI = 100
-
-
-def pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save(fig, path: Path) -> Path:
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
-    pyplot().close(fig)
-    return path
+from cnnlab.plotting import pyplot, save
 
 
 def layers_plot(acts: list[dict], grads: list[dict], path: Path, high: float = UPDATE_BAND[1]) -> Path:

@@ -31,20 +31,32 @@ def is_monotone_activation(module: nn.Module) -> bool:
     return type(module) in _MONOTONE
 
 
-def pool_before_activation(model: nn.Module) -> int:
-    """Swap every adjacent (monotone activation, MaxPool2d) pair inside an nn.Sequential; returns the count."""
+def _swap_adjacent(model: nn.Module, pool_first: bool) -> int:
+    """Swap every adjacent (monotone activation, MaxPool2d) pair inside an nn.Sequential, the pool first or
+    second as asked; returns the count."""
     swaps = 0
     for seq in model.modules():
         if not isinstance(seq, nn.Sequential):
             continue
         keys = list(seq._modules)
         for a, b in zip(keys, keys[1:]):
-            act, pool = seq._modules[a], seq._modules[b]
+            pool, act = (seq._modules[a], seq._modules[b]) if pool_first else (seq._modules[b], seq._modules[a])
             if (isinstance(pool, nn.MaxPool2d) and not pool.return_indices and act is not None
                     and is_monotone_activation(act)):
-                seq._modules[a], seq._modules[b] = pool, act
+                seq._modules[a], seq._modules[b] = seq._modules[b], seq._modules[a]
                 swaps += 1
     return swaps
 
 
-__all__ = ["is_monotone_activation", "pool_before_activation"]
+def pool_before_activation(model: nn.Module) -> int:
+    """activation -> MaxPool2d becomes MaxPool2d -> activation (see the module doc); returns the swaps."""
+    return _swap_adjacent(model, pool_first=False)
+
+
+def as_written(model: nn.Module) -> int:
+    """The inverse, exact too: MaxPool2d -> activation becomes activation -> pool, so feature maps (the report's)
+    are seen after their activation as the model was written. Returns the swaps."""
+    return _swap_adjacent(model, pool_first=True)
+
+
+__all__ = ["as_written", "is_monotone_activation", "pool_before_activation"]

@@ -20,10 +20,10 @@ import numpy as np
 
 from cnnlab.errors import CnnlabError
 from cnnlab.inference import Run, load_run
-from cnnlab.models.rewrite import pool_before_activation
+from cnnlab.models.rewrite import as_written, pool_before_activation
 from cnnlab.report import figures
 from cnnlab.report.collect import choose_images, predict_split, split_scores
-from cnnlab.report.gradcam import as_written, first_layer_weights
+from cnnlab.report.gradcam import first_layer_weights
 from cnnlab.report.layers import ModelTrace, trace_model
 from cnnlab.report.page import Parts, render_page
 from cnnlab.report.render import render_rows

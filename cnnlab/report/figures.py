@@ -9,22 +9,11 @@ from typing import Any
 import numpy as np
 import torch
 
-DPI = 100
+from cnnlab.data.preview import draw_augmentation_grid
+from cnnlab.plotting import pyplot as _plt
+from cnnlab.plotting import save as _save
+
 TRAIN, VAL, ACCENT = "#1f77b4", "#d62728", "#2ca02c"
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> None:
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
-    _plt().close(fig)
 
 
 def _series(history: list[dict[str, Any]], key: str) -> np.ndarray:
@@ -207,21 +196,7 @@ def feature_maps(image: np.ndarray, stages: list[Any], maps: list[torch.Tensor],
 
 def augmentation(x: torch.Tensor, augmented: list[torch.Tensor], names: list[str], title: str, path: Path) -> None:
     """Original training images (top row, with their class) above augmented versions of them."""
-    plt = _plt()
-    rows = [x.float() / 255, *augmented]
-    cols = len(x)
-    fig, axes = plt.subplots(len(rows), cols, figsize=(1.25 * cols, 1.3 * len(rows)), squeeze=False)
-    for r, batch in enumerate(rows):
-        for c in range(cols):
-            ax = axes[r][c]
-            img = batch[c].permute(1, 2, 0).numpy()
-            ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1,
-                      interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(names[c][:14], fontsize=7)
-        axes[r][0].set_ylabel("original" if r == 0 else f"draw {r}", fontsize=8)
+    fig = draw_augmentation_grid(_plt(), x, augmented, names, "draw", scale=(1.25, 1.3), fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     _save(fig, path)

@@ -13,24 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cnnlab.models.rewrite import is_monotone_activation
 from cnnlab.report.layers import Call
-
-
-def as_written(model: nn.Module) -> int:
-    """Undo cnnlab.models.rewrite.pool_before_activation (exact either way): MaxPool2d -> act becomes act -> pool,
-    so feature maps are shown after their activation as the model was written. Returns the swaps."""
-    swaps = 0
-    for seq in model.modules():
-        if not isinstance(seq, nn.Sequential):
-            continue
-        keys = list(seq._modules)
-        for a, b in zip(keys, keys[1:]):
-            pool, act = seq._modules[a], seq._modules[b]
-            if isinstance(pool, nn.MaxPool2d) and act is not None and is_monotone_activation(act):
-                seq._modules[a], seq._modules[b] = act, pool
-                swaps += 1
-    return swaps
 
 
 def _on_call(model: nn.Module, call: Call, fn) -> torch.utils.hooks.RemovableHandle:

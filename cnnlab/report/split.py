@@ -24,7 +24,7 @@ from cnnlab.data.cache import cached_array_path, load_meta, split_key
 from cnnlab.data.dataset import ImageGeometry, decode_or_reason, decode_split, set_max_image_pixels
 from cnnlab.data.readers import DataSource, Split, load_source
 from cnnlab.errors import CnnlabError
-from cnnlab.inference import Run
+from cnnlab.inference import Run, label_map
 
 SPLITS = ("auto", "val", "test", "train")
 
@@ -34,15 +34,6 @@ def same_source(a: str, b: str) -> bool:
         return Path(a).resolve() == Path(b).resolve()
     except OSError:
         return a == b
-
-
-def label_map(data_classes: list[str], run_classes: list[str], data: str) -> np.ndarray:
-    """Class index of the data -> class index of the run; classes the run does not know are refused."""
-    unknown = [c for c in data_classes if c not in run_classes]
-    if unknown:
-        raise CnnlabError(f"{data} has classes the model was not trained on: {', '.join(unknown[:5])} "
-                          f"(the model knows {', '.join(run_classes[:10])})")
-    return np.array([run_classes.index(c) for c in data_classes], dtype=np.int64)
 
 
 def load_report_source(run: Run, data: str | None, split: str) -> tuple[DataSource, str, bool]:

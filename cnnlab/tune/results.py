@@ -107,10 +107,9 @@ def importances(study: Any, complete: int) -> dict[str, float] | str:
 
 def plots(study: Any, out: Path, monitor: str = "objective") -> list[str]:
     """history.png and parallel.png (optuna.visualization.matplotlib, Agg); what could not be drawn is said."""
-    import matplotlib
+    from cnnlab.plotting import pyplot, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    pyplot()  # the Agg backend, before optuna's plots import pyplot
     from optuna.visualization import matplotlib as ovm
 
     notes = []
@@ -123,8 +122,7 @@ def plots(study: Any, out: Path, monitor: str = "objective") -> list[str]:
             fig = first.figure
             fig.set_size_inches(10, 5.5)
             fig.tight_layout()
-            fig.savefig(out / name, dpi=110)
-            plt.close(fig)
+            save(fig, out / name, dpi=110, tight=False)
         except Exception as e:
             notes.append(f"{name} not drawn: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}")
     return notes
