@@ -146,3 +146,16 @@ def test_lr_find_resolves_to_a_number_and_saves_the_sweep(tmp_path):
     assert (tmp_path / "run" / "lr_find.png").is_file()
     with pytest.raises(CnnlabError, match="must be positive, or find"):
         cnnlab.fit("digits", lr="fast")
+
+
+def test_the_probed_images_mix_the_classes_of_a_class_ordered_folder(tmp_path):
+    """A folder lists its images class by class; the overfit check's 64 rows must not be one class."""
+    from cnnlab.config import build_config
+    from cnnlab.doctor.run import subset
+    from cnnlab.prepare import prepare_data
+
+    folder = make_image_folder(tmp_path / "d", classes=("a", "b"), per_class=80, size=8)
+    data = prepare_data(build_config(str(folder), cache=False), log=lambda m: None)
+    x, y = subset(data, "train", 2000, lambda t: t)
+    assert len(y) == len(data.splits["train"].y) and 20 <= int(y[:64].sum()) <= 44
+    assert torch.equal(torch.sort(y).values, torch.sort(data.splits["train"].y).values)  # the same images, shuffled

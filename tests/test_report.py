@@ -190,6 +190,22 @@ def test_report_on_other_data_uses_all_its_images(quad, tmp_path):
     assert "[train], 10 images" in text
 
 
+def test_a_run_whose_training_data_is_gone_reports_on_other_data_without_the_preview(quad, tmp_path):
+    import shutil
+
+    import yaml
+
+    from cnnlab.report import write_report
+
+    run_dir = Path(shutil.copytree(quad.dir, tmp_path / "run"))
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    cfg["data"]["source"] = str(tmp_path / "moved-away")
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    other = make_image_folder(tmp_path / "more", classes=("north", "south"), per_class=5, size=16)
+    text = write_report(run_dir, str(other), out=tmp_path / "page").read_text(encoding="utf-8")
+    assert "(no preview: " in text and "moved-away" in text and not (tmp_path / "page" / "augment.png").exists()
+
+
 def test_grad_cam_finds_a_blob_where_it_is(tmp_path, one_thread):
     """A network with global pooling trained to tell images with a bright square from noise: the Grad-CAM of the
     'blob' class is at least twice as strong on the square as on average, for every blob image of the val split."""

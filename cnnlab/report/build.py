@@ -118,7 +118,7 @@ def draw_augmentation(run: Run, parts: Parts, out: Path) -> None:
 
     try:
         x, augmented, names = preview_batches(run.config, 8, rows=2)
-    except CnnlabError as e:
+    except (CnnlabError, OSError) as e:  # the training data moved or went away since the run
         parts.augment += f" (no preview: {e})"
         return
     figures.augmentation(x, augmented, names, f"augmentation {parts.augment}", out / "augment.png")

@@ -257,6 +257,8 @@ def looks_section(p: Parts) -> str:
 
 
 def augment_section(p: Parts) -> str:
+    if "augment" not in p.figures:  # the training data could not be read again: the reason is in p.augment
+        return f"<p>The run trained with augmentation {esc(p.augment)}.</p>"
     return (f"<p>The run trained with augmentation {esc(p.augment)}. Top row: training images; below: random "
             "augmented versions of them, drawn as in training.</p>" + figure(p.figures["augment"], "augmentation"))
 
