@@ -114,6 +114,12 @@ def test_bad_values_are_refused_by_the_table(kwargs, needle):
     assert needle in str(info.value)
 
 
+def test_a_choice_in_other_case_is_stored_as_the_table_spells_it():
+    cfg = build_config("digits", resize="Squash", val_source="Test", normalize="ZCA", balance="Oversample,threshold")
+    assert (cfg.data.resize, cfg.data.val_source, cfg.data.normalize) == ("squash", "test", "zca")
+    assert cfg.balance.methods == ["oversample", "threshold"]
+
+
 def test_precedence_defaults_file_keywords_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  lr: 0.1\n  epochs: 4\nmodel:\n  name: lenet5\n")

@@ -141,7 +141,7 @@ def validate(cfg: Config) -> None:
     for f in fields():
         section, _, key = f.path.rpartition(".")
         holder = getattr(cfg, section) if section else cfg
-        check_value(f, getattr(holder, key))
+        setattr(holder, key, check_value(f, getattr(holder, key)))
     check_model_name(cfg.model.name)
     t = cfg.transfer
     if t.strategy != "none" and not (cfg.model.weights or cfg.model.pretrained):

@@ -177,20 +177,25 @@ def _as_list(value: Any) -> list[Any]:
     return list(value)
 
 
-def check_value(field: Field, value: Any, where: str | None = None) -> None:
-    """Refuse a value outside the field's choices, or one its check rejects; the message names the option."""
+def check_value(field: Field, value: Any, where: str | None = None) -> Any:
+    """The value with every choice spelt as the table spells it (`Squash` -> `squash`), or CnnlabError for a value
+    outside the field's choices or one its check rejects; the message names the option."""
     where = where or field.flag
     allowed = field.choices()
     if allowed is not None and value is not None:
+        items = []
         for item in (value if field.option.many else [value]):
             if item not in allowed and str(item).lower() not in allowed:
                 close = difflib.get_close_matches(str(item), [str(a) for a in allowed], n=1, cutoff=0.6)
                 hint = f"did you mean {close[0]}? " if close else ""
                 raise CnnlabError(f"unknown {where} '{item}': {hint}choose from {', '.join(map(str, allowed))}")
+            items.append(item if item in allowed else str(item).lower())
+        value = items if field.option.many else items[0]
     if field.option.check is not None and value is not None:
         problem = field.option.check(value)
         if problem:
             raise CnnlabError(f"{where} {problem}, got {value!r}")
+    return value
 
 
 def set_value(cfg: Any, dotted: str, value: Any, where: str | None = None) -> None:
