@@ -87,7 +87,7 @@ def fit_in_workers(cfg: Config, callbacks: list[Callback] | None) -> Run:
         path.write_text(config_to_yaml(cfg), encoding="utf-8")
         code = distributed.launch(["train", "--config", str(path)], cfg.distributed.nproc, out)
     if code:
-        raise CnnlabError(f"the workers stopped with code {code}")
+        raise distributed.WorkersRefused()
     run = load_run(out)
     run.history = read_history(RunDir(out))
     return run
@@ -137,9 +137,15 @@ def resume_run(run_dir: str | Path, *, callbacks: list[Callback] | None = None, 
     if cfg.distributed.nproc > 1 and not distributed.in_worker():
         if callbacks:
             raise CnnlabError("callback objects cannot travel to worker processes: resume with nproc=1")
-        distributed.launch(["train", "--resume", str(run.path), "--nproc", str(cfg.distributed.nproc),
-                            *(["--quiet"] if cfg.verbose == 2 else [])], cfg.distributed.nproc, str(run.path))
-        return load_run(run.path)
+        every = cfg.train.checkpoint_every_steps
+        argv = ["train", "--resume", str(run.path), "--nproc", str(cfg.distributed.nproc), "--device",
+                cfg.train.device, *(["--checkpoint-every", str(every)] if every else []),
+                *(["--quiet"] if cfg.verbose == 2 else [])]
+        if distributed.launch(argv, cfg.distributed.nproc, str(run.path)):
+            raise distributed.WorkersRefused()
+        resumed = load_run(run.path)
+        resumed.history = read_history(run)
+        return resumed
     distributed.start(cfg)
     try:
         finished = resume_here(cfg, run, callbacks)

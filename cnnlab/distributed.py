@@ -42,6 +42,15 @@ class WorkerFailed(CnnlabError):
     exit_code = 1
 
 
+class WorkersRefused(CnnlabError):
+    """The workers stopped on a user mistake, which rank 0 has printed already (the CLI does not repeat it)."""
+
+    printed = True
+
+    def __init__(self) -> None:
+        super().__init__("the workers stopped on a user error (rank 0 printed it above)")
+
+
 def in_worker() -> bool:
     """Inside a process started by torchrun / `launch` (its environment names a world)."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -108,9 +117,11 @@ def start(cfg: Config) -> torch.device | None:
     import torch.distributed as tdist
 
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
-    cuda = torch.cuda.is_available() and cfg.train.device in ("auto", "cuda")
-    backend = cfg.distributed.backend if cfg.distributed.backend != "auto" else ("nccl" if cuda else "gloo")
     device = rank_device(cfg)
+    cuda = device.type == "cuda"
+    backend = cfg.distributed.backend if cfg.distributed.backend != "auto" else ("nccl" if cuda else "gloo")
+    if backend == "nccl":  # NCCL reduces CUDA tensors only; the small CPU flags and counts go through gloo
+        backend = "cpu:gloo,cuda:nccl"
     if cuda:
         torch.cuda.set_device(device)
     torch.set_num_threads(threads_per_rank(local_world))
@@ -120,8 +131,8 @@ def start(cfg: Config) -> torch.device | None:
 
 
 def rank_device(cfg: Config) -> torch.device:
-    """This rank's device: its local GPU, else the CPU."""
-    if torch.cuda.is_available() and cfg.train.device in ("auto", "cuda"):
+    """This rank's device: its local GPU (`--device cuda:N` too: one GPU per process), else the CPU."""
+    if torch.cuda.is_available() and (cfg.train.device == "auto" or cfg.train.device.startswith("cuda")):
         return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
     return torch.device("cpu")
 

@@ -125,6 +125,14 @@ def test_two_processes_train_as_one_within_tolerance(digits_runs):
     assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-3
 
 
+def test_resuming_a_finished_run_with_two_processes_is_refused_once_with_exit_2(digits_runs):
+    _, two, _ = digits_runs
+    r = run_cli("train", "--resume", str(two), "--nproc", "2", "--device", "cpu", timeout=300)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "has already finished" in lines[0], r.stderr
+
+
 def test_only_rank_0_writes_and_config_yaml_says_how_the_run_was_split(digits_runs):
     one, two, result = digits_runs
     assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())

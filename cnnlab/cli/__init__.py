@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except CnnlabError as e:
-        if speaks():
+        if speaks() and not getattr(e, "printed", False):
             print(f"cnnlab: error: {e}", file=sys.stderr)
         return getattr(e, "exit_code", 2)  # 2: a user mistake
     except KeyboardInterrupt as e:  # TrainingInterrupted says where it saved and how to resume

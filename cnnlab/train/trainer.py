@@ -305,7 +305,8 @@ class Trainer:
             logs = {"loss": loss, "lr": self.lr}  # loss: a 0-d tensor on the device (float() it: a sync on GPUs)
             for cb in self.callbacks:
                 cb.on_train_batch_end(step, logs)
-        if acc.count and not math.isfinite(float(acc.loss_sum)):  # GPUs check steps sparsely: catch it here
+        bad = bool(acc.count) and not math.isfinite(float(acc.loss_sum))  # GPUs check steps sparsely: catch it here
+        if dist.any_rank(bad):  # agreed, so every rank recovers (their collectives stay in step)
             raise NonFiniteLoss("loss", float(acc.loss_sum) / acc.count, epoch, len(train) - 1, self.lr)
 
     def evaluate(self, data: TensorBatches, prefix: str = "val_") -> tuple[dict[str, float], list[list[int]]]:
