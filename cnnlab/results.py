@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import nn
 
 from cnnlab.config import Config
@@ -33,7 +34,8 @@ def final_metrics(cfg: Config, trainer: Trainer, model: nn.Module, run: RunDir, 
         best_epoch = pick((i for i, v in enumerate(values) if v is not None), key=lambda i: values[i])
         out["best"] = {"epoch": best_epoch + 1, monitor: values[best_epoch]}
     if "threshold" in cfg.balance.methods:
-        out["threshold"] = pick_threshold(trainer, splits["val"], cfg.train.eval_batch_size)
+        val = make_batches(splits["val"], cfg.train.eval_batch_size, False, 0, trainer.device, cfg.data.workers)
+        out["threshold"] = pick_threshold(trainer, val)
     for split in ("val", "test"):
         if split in splits:
             batches = make_batches(splits[split], cfg.train.eval_batch_size, False, 0, trainer.device,
@@ -43,10 +45,15 @@ def final_metrics(cfg: Config, trainer: Trainer, model: nn.Module, run: RunDir, 
     return out
 
 
-def pick_threshold(trainer: Trainer, val: Any, batch_size: int) -> dict[str, Any]:
-    """Two classes: the threshold on P(class 1) maximizing val balanced accuracy; used from now on to decide."""
-    p = trainer.predictor.predict_proba(val.x, batch_size)[:, 1].numpy()
-    value, score = balance.select_threshold(val.y.numpy(), p)
+def pick_threshold(trainer: Trainer, val: Any) -> dict[str, Any]:
+    """Two classes: the threshold on P(class 1) maximizing val balanced accuracy (val: batches of a split in
+    memory or streamed); used from now on to decide."""
+    pred = trainer.predictor
+    p, y = [], []
+    for xb, yb in val.batches():
+        p.append(pred.probabilities(pred.logits(xb))[:, 1].float().cpu())
+        y.append(yb.cpu())
+    value, score = balance.select_threshold(torch.cat(y).numpy(), torch.cat(p).numpy())
     trainer.predictor.decision_threshold = value
     return {"value": value, "chosen_on": "val", "criterion": "balanced_accuracy", "val_balanced_accuracy": score}
 

@@ -251,3 +251,19 @@ def test_cli_refuses_double_correction(tmp_path):
     assert proc.returncode == 2
     assert "corrects the class frequencies twice" in proc.stderr and "allow_double" in proc.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_the_threshold_of_a_streamed_run_equals_the_in_memory_one(tmp_path, one_thread):
+    """Over data.memory_budget_mb the val split is streamed (no .x in memory); the threshold is picked all the same."""
+    from conftest import make_image_folder
+
+    import cnnlab
+
+    data = make_image_folder(tmp_path / "pets", classes=("cat", "dog"), per_class=24, size=12)
+    picked = []
+    for budget in (4096, 0):
+        run = cnnlab.fit(str(data), model="mlp", epochs=2, balance="threshold", precision="fp32", verbose=0,
+                         tensorboard=False, out=str(tmp_path / f"run{budget}"), overrides=[
+                             f"data.memory_budget_mb={budget}", "data.cache=false", "data.workers=0"])
+        picked.append(run.metrics["threshold"]["value"])
+    assert picked[0] == picked[1] and 0.0 < picked[0] < 1.0
