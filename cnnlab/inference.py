@@ -20,9 +20,9 @@ import torch
 from torch import nn
 
 from cnnlab.config import Config
-from cnnlab.data.dataset import ImageGeometry, decode_image, decode_split
+from cnnlab.data.dataset import ImageGeometry, decode_image, decode_split, set_max_image_pixels
 from cnnlab.data.loader import TensorBatches
-from cnnlab.data.readers import list_images, load_source
+from cnnlab.data.readers import DataSource, list_images, load_source
 from cnnlab.errors import CnnlabError
 from cnnlab.models.rewrite import pool_before_activation
 from cnnlab.recipe import build_model, build_predictor, build_preprocess
@@ -94,11 +94,42 @@ def load_run(path: str | Path, weights: str = "best", device: str | None = None,
     return Run(run.path, cfg, classes, model, predictor, metrics=metrics, meta=run.read_meta())
 
 
-def _same_source(a: str, b: str) -> bool:
+SPLITS = ("auto", "val", "test", "train")
+
+
+def same_source(a: str, b: str) -> bool:
     try:
         return Path(a).resolve() == Path(b).resolve()
     except OSError:
         return a == b
+
+
+def open_source(run: Run, data: str | None, split: str) -> tuple[DataSource, str, bool]:
+    """(source, split name, same data as the run) for `evaluate` and `report`: `data` (default the run's own) and
+    its split (auto: test, else the val split: the data's own, the test split a run validated on, or the held-out
+    part of train recreated with the run's seed)."""
+    if split not in SPLITS:
+        raise CnnlabError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
+    d = run.config.data
+    data = data or d.source
+    same = same_source(data, d.source)
+    opts = {"images": d.images, "id_col": d.id_col, "label_col": d.label_col} if same else {}
+    set_max_image_pixels(d.max_image_pixels)
+    probe = load_source(data, val_split=0.0, seed=run.config.train.seed, **opts)
+    if split == "auto":
+        split = "test" if "test" in probe.splits else ("val" if (same or "val" in probe.splits) else "train")
+    if same and split == "val" and d.val_source == "test":  # the run validated on its test split
+        if "test" not in probe.splits:
+            raise CnnlabError(f"{data} has no test split, which this run validated on (data.val_source=test)")
+        probe.splits["val"] = probe.splits.pop("test")
+        return probe, split, same
+    src = probe
+    if split == "val" and "val" not in probe.splits and same:
+        src = load_source(data, val_split=d.val_split, seed=run.config.train.seed, **opts)
+    if split not in src.splits:
+        raise CnnlabError(f"{data} has no '{split}' split (it has {', '.join(src.splits)}); choose --split "
+                          + " or ".join(src.splits))
+    return src, split, same
 
 
 def evaluate(run: Run | str | Path, data: str | None = None, split: str = "auto") -> dict[str, Any]:
@@ -132,24 +163,12 @@ class LabelledImages:
 
 
 def load_images(run: Run, data: str | None = None, split: str = "auto") -> LabelledImages:
-    """The images `evaluate` scores: a split of `data` (default: the run's own, its val split recreated with the
-    run's seed), decoded to the run's geometry."""
-    cfg = run.config
-    data = data or cfg.data.source
-    same = _same_source(data, cfg.data.source)
-    d = cfg.data
-    opts = {"images": d.images, "id_col": d.id_col, "label_col": d.label_col} if same else {}
-    probe = load_source(data, val_split=0.0, **opts)
-    if split == "auto":
-        split = "test" if "test" in probe.splits else ("val" if (same or "val" in probe.splits) else "train")
-    src = load_source(data, val_split=d.val_split if same else 0.0, seed=cfg.train.seed, **opts) \
-        if split == "val" and "val" not in probe.splits else probe
-    if split not in src.splits:
-        raise CnnlabError(f"{data} has no '{split}' split (it has {', '.join(src.splits)})")
-    labels = label_map(src.class_names, run.class_names, data)
-    decoded = decode_split(src, src.splits[split], run.geometry, d.resize)
+    """The images `evaluate` scores: a split of `data` chosen by `open_source`, decoded to the run's geometry."""
+    src, split, _ = open_source(run, data, split)
+    labels = label_map(src.class_names, run.class_names, src.name)
+    decoded = decode_split(src, src.splits[split], run.geometry, run.config.data.resize)
     y = torch.from_numpy(labels[decoded.y.numpy()])
-    return LabelledImages(str(data), split, decoded.x, y, decoded.ids, len(decoded.skipped))
+    return LabelledImages(str(data or run.config.data.source), split, decoded.x, y, decoded.ids, len(decoded.skipped))
 
 
 def label_map(data_classes: list[str], run_classes: list[str], data: str) -> np.ndarray:
@@ -200,7 +219,7 @@ def backend_predictor(run: Run, backend: str) -> Any:
     if backend != "onnx":
         raise CnnlabError(f"unknown --backend '{backend}': choose torch or onnx")
     folder = RunDir(run.dir).file(RunDir.EXPORT)
-    spec_path = folder / "model.json"
+    spec_path = folder / RunDir.EXPORT_SPEC
     spec = json.loads(spec_path.read_text(encoding="utf-8")) if spec_path.is_file() else {}
     if spec.get("format") != "onnx":
         raise CnnlabError(f"{run.dir} has no ONNX export: run `cnnlab export {run.dir}` first")

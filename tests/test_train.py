@@ -70,6 +70,14 @@ def test_evaluate_and_predict_from_the_run_folder_alone(digits_run, tmp_path):
         run.trainer.fit(None, None, 1)
 
 
+def test_a_run_validated_on_its_test_split_evaluates_that_split_as_val(tmp_path):
+    """data.val_source=test trains on all of train: `evaluate --split val` is the test split, not a part of train."""
+    make_image_folder(tmp_path / "imgs", per_class=6, splits=("train", "test"))
+    run = cnnlab.fit(str(tmp_path / "imgs"), out=str(tmp_path / "run"), overrides=["data.val_source=test"], **FAST)
+    result = cnnlab.load_run(run.dir).evaluate(split="val")
+    assert result["count"] == 12 and result["accuracy"] == pytest.approx(run.metrics["val"]["accuracy"])
+
+
 def test_relative_data_path_is_stored_absolute_so_the_run_resumes_from_anywhere(tmp_path, monkeypatch):
     make_image_folder(tmp_path / "imgs", per_class=4)
     monkeypatch.chdir(tmp_path)

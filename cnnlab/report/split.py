@@ -15,51 +15,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from cnnlab.data.cache import cached_array_path, load_meta, split_key
-from cnnlab.data.dataset import ImageGeometry, decode_or_reason, decode_split, set_max_image_pixels
-from cnnlab.data.readers import DataSource, Split, load_source
+from cnnlab.data.dataset import ImageGeometry, decode_or_reason, decode_split
+from cnnlab.data.readers import DataSource, Split
 from cnnlab.errors import CnnlabError
-from cnnlab.inference import Run, label_map
-
-SPLITS = ("auto", "val", "test", "train")
-
-
-def same_source(a: str, b: str) -> bool:
-    try:
-        return Path(a).resolve() == Path(b).resolve()
-    except OSError:
-        return a == b
-
-
-def load_report_source(run: Run, data: str | None, split: str) -> tuple[DataSource, str, bool]:
-    """(source, split name, same data as the run): the split chosen as `cnnlab evaluate` chooses it."""
-    if split not in SPLITS:
-        raise CnnlabError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
-    d = run.config.data
-    data = data or d.source
-    same = same_source(data, d.source)
-    opts = {"images": d.images, "id_col": d.id_col, "label_col": d.label_col} if same else {}
-    set_max_image_pixels(d.max_image_pixels)
-    probe = load_source(data, val_split=0.0, seed=run.config.train.seed, **opts)
-    if split == "auto":
-        split = "test" if "test" in probe.splits else ("val" if (same or "val" in probe.splits) else "train")
-    if same and split == "val" and d.val_source == "test":  # the run validated on its test split
-        if "test" not in probe.splits:
-            raise CnnlabError(f"{data} has no test split, which this run validated on (data.val_source=test)")
-        probe.splits["val"] = probe.splits.pop("test")
-        return probe, split, same
-    src = probe
-    if split == "val" and "val" not in probe.splits and same:
-        src = load_source(data, val_split=d.val_split, seed=run.config.train.seed, **opts)
-    if split not in src.splits:
-        raise CnnlabError(f"{data} has no '{split}' split (it has {', '.join(src.splits)}); choose --split "
-                          + " or ".join(src.splits))
-    return src, split, same
+from cnnlab.inference import Run, label_map, open_source
 
 
 class SplitView:
@@ -139,7 +103,7 @@ class SplitView:
 
 def open_split(run: Run, data: str | None = None, split: str = "auto") -> SplitView:
     """The split of `data` (default: the run's own data) that the report shows, as a SplitView."""
-    src, name, _ = load_report_source(run, data, split)
+    src, name, _ = open_source(run, data, split)
     d = run.config.data
     return SplitView(src, name, run.geometry, d.resize, label_map(src.class_names, run.class_names, src.name),
                      use_cache=d.cache, workers=max(1, min(4, d.workers)))
