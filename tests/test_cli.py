@@ -100,6 +100,9 @@ def test_evaluate_and_predict_commands(tmp_path):
     assert pred.returncode == 0, pred.stderr
     assert (tmp_path / "p.csv").read_text().splitlines()[0] == "id,label,prob_cat,prob_dog"
     assert_user_error(run_cli("evaluate", str(tmp_path / "d")), "not a cnnlab run folder")
+    assert_user_error(run_cli("evaluate", str(out), "--json", str(tmp_path / "no" / "r.json")), "--json", "folder")
+    assert_user_error(run_cli("predict", str(out), str(data / "cat"), "--csv", str(tmp_path / "no" / "p.csv")),
+                      "--csv", "its folder does not exist")
 
 
 def test_skip_missing_trains_on_the_ids_that_have_images(tmp_path):

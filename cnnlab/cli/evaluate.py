@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
+
+from cnnlab.errors import CnnlabError
+
+
+def check_output_file(path: str | None, flag: str) -> None:
+    """Refuse an output file whose folder does not exist (before any work, not after it)."""
+    if path and (not Path(path).expanduser().parent.is_dir() or Path(path).is_dir()):
+        raise CnnlabError(f"{flag} {path}: its folder does not exist or it is a folder; name a file in an existing "
+                          "folder")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -58,6 +68,7 @@ def print_evaluation(result: dict[str, Any], class_names: list[str]) -> None:
 def evaluate(args: argparse.Namespace) -> int:
     from cnnlab.inference import evaluate, load_run
 
+    check_output_file(args.json, "--json")
     run = load_run(args.run, weights=args.weights, device=args.device, precision=args.precision)
     result = evaluate(run, args.data, args.split)
     print_evaluation(result, run.class_names)
@@ -73,6 +84,7 @@ def predict(args: argparse.Namespace) -> int:
 
     from cnnlab.inference import load_run, predict
 
+    check_output_file(args.csv, "--csv")
     run = load_run(args.run, weights=args.weights, device=args.device)
     rows = predict(run, args.inputs, args.csv, id_format=args.id_format, backend=args.backend)
     console = Console(highlight=False)
