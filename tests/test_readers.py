@@ -150,6 +150,14 @@ def test_folder_of_train_and_test_npz(tmp_path):
     assert len(src.splits["test"]) == 10 and len(src.splits["val"]) == 10
 
 
+def test_class_names_come_from_the_npz_that_holds_them(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "train.npz", x=rng.integers(0, 255, (20, 8, 8), dtype=np.uint8), y=np.arange(20) % 2)
+    np.savez(tmp_path / "test.npz", x=rng.integers(0, 255, (9, 8, 8), dtype=np.uint8), y=np.arange(9) % 3,
+             class_names=np.array(["ant", "bee", "cat"]))
+    assert load_source(str(tmp_path), val_split=0.0).class_names == ["ant", "bee", "cat"]
+
+
 @pytest.mark.parametrize("compress", [True, False])
 def test_idx_folder_gz_and_raw(tmp_path, compress):
     rng = np.random.default_rng(0)

@@ -88,7 +88,8 @@ def read_npz_folder(root: Path) -> DataSource:
         if p.exists():
             src = read_npz(p)
             splits[split] = src.splits["train"]
-            names = names or (src.class_names if (p.stat().st_size and src.class_names) else None)
+            with np.load(p, allow_pickle=False) as f:  # names the file holds, not the 0..K-1 read_npz made up
+                names = names or (src.class_names if "class_names" in f.files else None)
     if "train" not in splits:
         raise CnnlabError(f"{root} has .npz files but no train.npz")
     return DataSource(root.name, "npz", labels_to_index(splits, names, str(root)), splits)
