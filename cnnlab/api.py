@@ -10,7 +10,6 @@ them with their defaults.
 
 from __future__ import annotations
 
-import csv
 import sys
 import tempfile
 from pathlib import Path
@@ -53,8 +52,8 @@ def fit(data: str | None = None, *, config: str | Path | Config | dict | None = 
     Returns:
         The Run: model, history, metrics and run folder.
     """
-    if resume is not None:
-        return resume_run(resume, callbacks=callbacks, **kwargs)
+    if resume is not None:  # data, config and overrides are refused there: the run's own config.yaml is the recipe
+        return resume_run(resume, callbacks=callbacks, data=data, config=config, overrides=overrides, **kwargs)
     cfg = build_config(data, config, overrides, **kwargs)
     if cfg.distributed.nproc > 1 and not distributed.in_worker():
         return fit_in_workers(cfg, callbacks)
@@ -89,24 +88,11 @@ def fit_in_workers(cfg: Config, callbacks: list[Callback] | None) -> Run:
     if code:
         raise distributed.WorkersRefused()
     run = load_run(out)
-    run.history = read_history(RunDir(out))
+    run.history = RunDir(out).read_history()
     return run
 
 
-def read_history(run: RunDir) -> list[dict[str, Any]]:
-    """The per-epoch logs of a run from its metrics.csv."""
-    path = run.file(run.METRICS_CSV)
-    if not path.is_file():
-        return []
-    with open(path, newline="", encoding="utf-8") as f:
-        return [{k: float(v) if k != "epoch" else int(v) for k, v in row.items() if v != ""}
-                for row in csv.DictReader(f)]
-
-
 fit.__doc__ += "\n    Keywords:\n" + "\n".join(f"        {f.keyword} ({f.path}): {f.option.help}" for f in fields())
-
-RESUME_CHANGES = ("device", "quiet", "checkpoint_every", "nproc")  # all a resumed run may change
-
 
 def resume_run(run_dir: str | Path, *, callbacks: list[Callback] | None = None, device: str | None = None,
                quiet: bool | None = None, checkpoint_every: int | None = None, nproc: int | None = None,
@@ -144,7 +130,7 @@ def resume_run(run_dir: str | Path, *, callbacks: list[Callback] | None = None, 
         if distributed.launch(argv, cfg.distributed.nproc, str(run.path)):
             raise distributed.WorkersRefused()
         resumed = load_run(run.path)
-        resumed.history = read_history(run)
+        resumed.history = run.read_history()
         return resumed
     distributed.start(cfg)
     try:

@@ -186,11 +186,6 @@ def agree(fn: Callable[[], Any]) -> Any:
     return value
 
 
-def quiet_rank() -> bool:
-    """Ranks other than 0 print nothing (rank 0 prints for the job)."""
-    return not dist.is_writer()
-
-
 def check_supported(cfg: Config, device: torch.device) -> None:
     """Refuse what a distributed run cannot do (before any data is read)."""
     if not dist.active():

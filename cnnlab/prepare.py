@@ -29,7 +29,6 @@ class PreparedData:
     splits: dict[str, DecodedSplit | StreamedSplit]
     skipped: list[tuple[str, str]] = field(default_factory=list)
     normalization: Normalization | None = None  # mode and statistics from the train split (model: see recipe)
-    streamed: bool = False
 
     @property
     def class_names(self) -> list[str]:
@@ -79,7 +78,7 @@ def prepare_data(cfg: Config, log: Callable[[str], None] = print) -> PreparedDat
     if skipped:
         log(f"warning: skipped {len(skipped)} files ({skipped_summary(skipped)}); listed in skipped.txt")
     normalization = data_statistics(cfg, splits["train"], geom)
-    return PreparedData(src, geom, splits, skipped, normalization, stream)
+    return PreparedData(src, geom, splits, skipped, normalization)
 
 
 def data_statistics(cfg: Config, train: DecodedSplit | StreamedSplit, geom: ImageGeometry) -> Normalization:

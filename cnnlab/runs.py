@@ -50,6 +50,8 @@ class RunDir:
     REPORT = "report"
     REPORT_PAGE = "index.html"  # report/index.html, beside its images (cnnlab.report)
     EXPORT = "export"
+    EXPORT_SPEC = "model.json"  # export/model.json: what the exported graph takes and returns (cnnlab.export)
+    LR_FIND, LR_FIND_PLOT = "lr_find.json", "lr_find.png"  # the sweep of `cnnlab train --lr find`
     # what training writes as it goes: a resume without a checkpoint removes them, a killed save leaves temporaries
     TRAINING_OUTPUTS = (STATE, LAST, BEST, METRICS_CSV, METRICS)
 
@@ -169,6 +171,15 @@ class RunDir:
     def read_metrics(self) -> dict[str, Any]:
         return self.read_json(self.METRICS, default={})
 
+    def read_history(self) -> list[dict[str, Any]]:
+        """The per-epoch logs of metrics.csv as training returned them: epoch an int, numbers as floats, empty
+        cells left out (text that is no number stays text)."""
+        path = self.file(self.METRICS_CSV)
+        if not path.is_file():
+            return []
+        with open(path, newline="", encoding="utf-8") as f:
+            return [{k: _cell(k, v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+
     def read_whitening(self) -> dict | None:
         """The fitted zca / pca map saved with the run, or None."""
         path = self.file(self.PREPROCESS)
@@ -230,3 +241,11 @@ def truncate_csv(path: Path, completed: int) -> None:
     with open(tmp, "w", newline="", encoding="utf-8") as f:
         csv.writer(f).writerows(kept)
     os.replace(tmp, path)
+
+
+def _cell(key: str, text: str) -> Any:
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    return int(value) if key == "epoch" else value

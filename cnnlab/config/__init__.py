@@ -14,7 +14,6 @@ from cnnlab.config.files import (
     load_config,
     merge_dict,
     read_yaml,
-    save_config,
     validate,
 )
 from cnnlab.config.options import Field, Option, set_value
@@ -32,6 +31,6 @@ from cnnlab.config.schema import (
 __all__ = [
     "AugmentConfig", "BalanceConfig", "CallbacksConfig", "Config", "DataConfig", "Field", "ModelConfig", "Option",
     "TrainConfig", "TransferConfig", "apply_keywords", "apply_overrides", "build_config", "check_model_name",
-    "config_from_dict", "config_to_yaml", "fields", "load_config", "merge_dict", "read_yaml", "save_config",
-    "set_value", "validate",
+    "config_from_dict", "config_to_yaml", "fields", "load_config", "merge_dict", "read_yaml", "set_value",
+    "validate",
 ]

@@ -33,10 +33,6 @@ def fields_by_keyword() -> dict[str, Field]:
     return {f.keyword: f for f in fields()}
 
 
-def field(path: str) -> Field:
-    return next(f for f in fields() if f.path == path)
-
-
 def apply_keywords(cfg: Config, kwargs: dict[str, Any], caller: str = "fit()") -> None:
     """Set fields from keywords (`lr=3e-4`, `quiet=True`, `train__lr=3e-4`); None means "not given"."""
     table = fields_by_keyword()
@@ -108,10 +104,6 @@ def config_to_yaml(cfg: Config, extra: dict[str, Any] | None = None) -> str:
     if extra:
         data.update(extra)
     return yaml.safe_dump(data, sort_keys=False)
-
-
-def save_config(cfg: Config, path: str | Path, extra: dict[str, Any] | None = None) -> None:
-    Path(path).write_text(config_to_yaml(cfg, extra), encoding="utf-8")
 
 
 def build_config(data: str | None = None, config: str | Path | Config | dict | None = None,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,22 +33,6 @@ class RunInfo:
         return (self.metrics.get("best") or {}).get("epoch")
 
 
-def _number(text: str) -> Any:
-    try:
-        value = float(text)
-    except ValueError:
-        return text
-    return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
-
-
-def read_history(run: RunDir) -> list[dict[str, Any]]:
-    path = run.file(run.METRICS_CSV)
-    if not path.is_file():
-        return []
-    with open(path, newline="", encoding="utf-8") as f:
-        return [{k: _number(v) if v != "" else None for k, v in row.items()} for row in csv.DictReader(f)]
-
-
 def read_lines(run: RunDir, name: str) -> list[str]:
     path = run.file(name)
     return path.read_text(encoding="utf-8", errors="replace").splitlines() if path.is_file() else []
@@ -67,5 +50,5 @@ def read_run_info(run: RunDir) -> RunInfo:
         except ValueError:
             continue
     transfer = run.read_json(run.TRANSFER) if run.file(run.TRANSFER).is_file() else None
-    return RunInfo(raw, meta, resolved, run.read_classes(), summary, read_history(run), run.read_metrics(),
+    return RunInfo(raw, meta, resolved, run.read_classes(), summary, run.read_history(), run.read_metrics(),
                    transfer, skipped, events)
