@@ -201,6 +201,27 @@ def finished(trials: list) -> list:
     return [t for t in trials if t.state.name in ("COMPLETE", "PRUNED", "FAIL") and not t.user_attrs.get("surplus")]
 
 
+def test_a_claimed_trial_is_not_stale_to_a_worker_on_another_machine(tmp_path, monkeypatch):
+    """A new trial and a resumed one carry a fresh `beat` from the moment they are claimed (before the Heartbeat
+    thread starts): a worker on another host must not take them over."""
+    import optuna
+
+    from cnnlab.tune import study as study_module
+    from cnnlab.tune.study import claim_trial, is_stale, quiet_optuna
+
+    quiet_optuna()
+    study = optuna.create_study()
+    dead = study.ask()  # its worker, on a third machine, stopped beating long ago
+    dead.set_user_attr("owner", {"host": "gone-host", "pid": 1, "started": None})
+    dead.set_user_attr("beat", time.time() - 10 * study_module.STALE_S)
+    resumed = claim_trial(study, tmp_path, 2)
+    new = claim_trial(study, tmp_path, 2)
+    assert resumed.resumed and resumed.trial.number == 0 and not new.resumed and new.trial.number == 1
+    monkeypatch.setattr(study_module.socket, "gethostname", lambda: "another-host")
+    now = time.time()
+    assert [is_stale(t, now) for t in study.get_trials(deepcopy=False)] == [False, False]
+
+
 def test_kill_9_in_the_middle_of_a_trial_then_the_same_command_continues_the_study(tmp_path):
     """SIGKILL the process group once two trials are done and the third has its first checkpoint; the rerun
     resumes trial 2 in its own folder (from that checkpoint) and runs the rest: 6 trials, none lost or twice."""
