@@ -196,6 +196,25 @@ def test_rerunning_with_other_settings_in_the_same_folder_is_refused(tmp_path):
     assert r.returncode == 2 and "holds another search (different train.lr)" in r.stderr
 
 
+def test_rerunning_with_another_storage_in_the_same_folder_is_refused(tmp_path):
+    """The trials' run folders belong to the first storage's study: another (or no) --storage is another search.
+    tune.yaml holds the URL without its password, and that is what is compared."""
+    from cnnlab.tune.search import prepare
+
+    cfg = build_config("digits", model="seed_cnn", out=str(tmp_path / "search"))
+    prepare(cfg, None, "random", "median", "tune", None)
+    for storage in (str(tmp_path / "other.journal"), "postgresql://me:secret@db.example/optuna"):
+        with pytest.raises(CnnlabError, match=r"holds another search \(different storage\)") as e:
+            prepare(cfg, None, "random", "median", "tune", storage)
+        assert "\n" not in str(e.value) and "secret" not in str(e.value)
+    assert prepare(cfg, None, "random", "median", "tune", None) == tmp_path / "search"  # the same: continued
+    url = build_config("digits", model="seed_cnn", out=str(tmp_path / "rdb"))
+    prepare(url, None, "random", "median", "tune", "postgresql://me:secret@db.example/optuna")
+    prepare(url, None, "random", "median", "tune", "postgresql://me:other@db.example/optuna")  # masked: the same
+    with pytest.raises(CnnlabError, match="different storage"):
+        prepare(url, None, "random", "median", "tune", None)
+
+
 # -- crash safety and workers --------------------------------------------------------------------------------------
 def finished(trials: list) -> list:
     return [t for t in trials if t.state.name in ("COMPLETE", "PRUNED", "FAIL") and not t.user_attrs.get("surplus")]
