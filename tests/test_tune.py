@@ -171,6 +171,26 @@ def test_grid_search_runs_folders_records_a_failed_trial_and_writes_a_trainable_
     assert [s.study_name for s in storage.get_all_studies()] == ["tune"]
 
 
+def test_best_yaml_trains_with_the_base_configs_checks_and_nan_policy(tmp_path):
+    """A trial runs with train.checks off and nan_policy stop (tune's choices); best.yaml gets the base's back."""
+    from types import SimpleNamespace
+
+    from cnnlab.tune.results import write_best
+    from cnnlab.tune.search import prepare
+
+    base = build_config("digits", model="seed_cnn", out=str(tmp_path / "search"))
+    out = prepare(base, None, "random", "median", "tune", None)
+    trial = yaml.safe_load((out / "tune.yaml").read_text())["base"]
+    assert trial["train"]["nan_policy"] == "rollback"
+    trial["train"].update(nan_policy="stop", checks=False)
+    (out / "trials" / "0000").mkdir(parents=True)
+    (out / "trials" / "0000" / "config.yaml").write_text(yaml.safe_dump(trial, sort_keys=False))
+    best = yaml.safe_load(write_best(out, SimpleNamespace(number=0, value=0.5,
+                                                          user_attrs={"run": "trials/0000"})).read_text())
+    assert best["train"]["nan_policy"] == "rollback" and best["train"]["checks"] is True
+    assert list(best["train"]) == list(trial["train"])  # the keys where they were
+
+
 def test_a_diverging_trial_fails_with_its_reason(tmp_path):
     space = write_space(tmp_path / "s.yaml", {"train.lr": {"choice": [1e6]}, "train.optimizer": {"choice": ["sgd"]}})
     r = tune_cli("digits", *BASE, "--epochs", "1", "--trials", "1", "--space", space, "--out", str(tmp_path / "t"))
