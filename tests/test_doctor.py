@@ -82,6 +82,24 @@ def test_a_frozen_model_without_a_trainable_head_cannot_overfit():
     assert report.exit_code == 1
 
 
+@pytest.mark.parametrize("dropout", [nn.AlphaDropout, nn.Dropout2d])
+def test_the_overfit_check_turns_off_every_kind_of_dropout(dropout):
+    """Dropout that drops everything (p=1) leaves nothing to learn from: the check must switch it off, whatever its
+    class (AlphaDropout in SELU nets, Dropout2d after convolutions), or a healthy model fails it."""
+    from sklearn.datasets import load_digits
+
+    from cnnlab.doctor.training import overfit_check
+
+    d = load_digits()
+    x = torch.tensor(d.images[:64], dtype=torch.float32)[:, None] / 16
+    y = torch.tensor(d.target[:64])
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.SELU(), dropout(1.0), nn.Flatten(), nn.Linear(512, 10))
+    checks, _ = overfit_check(model, nn.CrossEntropyLoss(), lambda net: torch.optim.Adam(net.parameters(), 1e-2), x, y)
+    assert checks[0].status == "ok", checks[0].value
+    assert model[2].p == 1.0  # on a copy: the model itself is unchanged
+
+
 def test_few_photos_on_a_large_model_from_scratch_get_the_data_advice(tmp_path):
     folder = make_image_folder(tmp_path / "photos", per_class=100, size=16)
     report = diagnose(str(folder), model="mlp", model_kwargs={"hidden": [4096]})
