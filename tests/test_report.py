@@ -146,6 +146,20 @@ def test_expected_calibration_error_by_hand():
     assert [b["count"] for b in cal["bins"]] == [0, 0, 0, 0, 0, 2, 0, 0, 0, 2]
 
 
+def test_macro_f1_averages_over_the_classes_present_as_training_and_evaluate_do():
+    """A class with no image in the split and none predicted does not count (metrics_from_confusion's rule, which
+    val_f1 in metrics.json and evaluate's f1 use)."""
+    from cnnlab.report.collect import Predictions, split_scores
+    from cnnlab.train.metrics import metrics_from_confusion
+
+    labels = np.array([0, 0, 1, 1, 1])
+    pred = np.array([0, 1, 1, 1, 1])
+    probs = np.eye(3, dtype=np.float32)[pred] * 0.8 + 0.2 / 3
+    scores = split_scores(Predictions(probs, pred, labels, [str(i) for i in range(5)]), ["a", "b", "c"])
+    expected = metrics_from_confusion(torch.tensor(scores["confusion_matrix"]))["f1"]
+    assert scores["macro_f1"] == pytest.approx(expected) == pytest.approx((2 / 3 + 6 / 7) / 2)
+
+
 def test_two_classes_show_roc_and_pr_with_the_threshold_the_run_uses(tmp_path, one_thread):
     import cnnlab
     from cnnlab.report import write_report
