@@ -100,6 +100,22 @@ def test_the_overfit_check_turns_off_every_kind_of_dropout(dropout):
     assert model[2].p == 1.0  # on a copy: the model itself is unchanged
 
 
+def test_duplicates_are_a_share_of_the_images_hashed_not_of_the_whole_split(monkeypatch):
+    """Only the first MAX_HASHED training images are hashed: 2 duplicates among 100 hashed are 2%, a warning, though
+    they are under 1% of the 300 images of the split."""
+    from types import SimpleNamespace
+
+    from cnnlab.data.dataset import DecodedSplit
+    from cnnlab.doctor import data
+
+    monkeypatch.setattr(data, "MAX_HASHED", 100)
+    x = torch.randint(0, 256, (300, 1, 4, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    x[10], x[20] = x[0], x[1]
+    train = DecodedSplit(x, torch.zeros(300, dtype=torch.int64), [str(i) for i in range(300)])
+    (check,) = data.duplicate_checks(SimpleNamespace(splits={"train": train}))
+    assert check.status == "warn" and check.value.startswith("2 duplicates in train")
+
+
 def test_few_photos_on_a_large_model_from_scratch_get_the_data_advice(tmp_path):
     folder = make_image_folder(tmp_path / "photos", per_class=100, size=16)
     report = diagnose(str(folder), model="mlp", model_kwargs={"hidden": [4096]})
