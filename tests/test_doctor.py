@@ -116,6 +116,17 @@ def test_duplicates_are_a_share_of_the_images_hashed_not_of_the_whole_split(monk
     assert check.status == "warn" and check.value.startswith("2 duplicates in train")
 
 
+def test_the_lr_check_warns_outside_10x_of_the_suggestion_on_both_sides():
+    from cnnlab.doctor.training import lr_check
+
+    found = {"suggested": 1e-2, "low": 8e-3, "high": 1.2e-2, "sweeps": [{"lr": [1e-6, 1e-3], "fell": True}]}
+    verdicts = {lr: lr_check(found, lr)[0] for lr in (5e-4, 2e-3, 1e-2, 5e-2, 2e-1)}
+    assert {lr: c.status for lr, c in verdicts.items()} == {5e-4: "warn", 2e-3: "ok", 1e-2: "ok", 5e-2: "ok",
+                                                            2e-1: "warn"}
+    assert "the lr is low" in verdicts[5e-4].advice and "the lr is high" in verdicts[2e-1].advice
+    assert all(c.expected == "set lr within 10x of the suggestion" for c in verdicts.values())
+
+
 def test_few_photos_on_a_large_model_from_scratch_get_the_data_advice(tmp_path):
     folder = make_image_folder(tmp_path / "photos", per_class=100, size=16)
     report = diagnose(str(folder), model="mlp", model_kwargs={"hidden": [4096]})

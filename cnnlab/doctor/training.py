@@ -121,7 +121,7 @@ def lr_check(found: dict, lr: float) -> list[Check]:
                       "or try both ends")]
     if lr > 10 * s:
         return [Check("lr range test", WARN, value, expected, f"the lr is high: try --lr {s:.1g} (or --lr find)")]
-    if lr < s / 30:
+    if lr < s / 10:
         return [Check("lr range test", WARN, value, expected, f"the lr is low: try --lr {s:.1g} (or --lr find)")]
     return [Check("lr range test", OK, value, expected)]
 
