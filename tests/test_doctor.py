@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -186,7 +187,14 @@ def test_lr_find_resolves_to_a_number_and_saves_the_sweep(tmp_path):
     run = cnnlab.fit("digits", epochs=1, lr="find", out=str(tmp_path / "run"), quiet=True)
     assert isinstance(run.config.train.lr, float) and 1e-5 < run.config.train.lr < 1e-1
     found = json.loads((tmp_path / "run" / "lr_find.json").read_text())
-    assert len(found["sweeps"]) == 3 and found["low"] <= found["suggested"] <= found["high"]
+    assert len(found["sweeps"]) == 3
+    for sweep in found["sweeps"]:  # a tenth of the lr at the lowest smoothed loss of each seed's sweep
+        assert sweep["suggested"] == pytest.approx(sweep["lr"][int(np.argmin(sweep["loss"]))] / 10)
+    per_seed = [sweep["suggested"] for sweep in found["sweeps"]]
+    assert found["suggested"] == pytest.approx(math.prod(per_seed) ** (1 / 3))  # their geometric mean
+    assert (found["low"], found["high"]) == pytest.approx((min(per_seed), max(per_seed)))
+    assert found["low"] > 0 and math.isfinite(found["high"] / found["low"])  # a finite, positive spread
+    assert found["lr"] == run.config.train.lr == float(f"{found['suggested']:.2g}")
     assert "lr: " + str(run.config.train.lr) in (tmp_path / "run" / "config.yaml").read_text()
     assert (tmp_path / "run" / "lr_find.png").is_file()
     with pytest.raises(CnnlabError, match="must be positive, or find"):
