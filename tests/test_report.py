@@ -327,13 +327,35 @@ def test_a_vision_transformer_is_refused_with_the_reason(one_thread):
     assert trace.target is None and "token sequence" in trace.note
 
 
-def test_in_place_activations_after_the_target_do_not_change_grad_cam(one_thread):
+class _ReluAfterTheTarget(torch.nn.Module):
+    """torchvision's DenseNet pattern: the traced target (`features`, ending in batch norm) is followed by an
+    in-place ReLU in forward, which rewrites the target's output tensor (negative values to 0)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8))
+        self.classifier = torch.nn.Linear(8, 10)
+        self.inplace = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = torch.nn.functional.relu(self.features(x), inplace=self.inplace)
+        return self.classifier(torch.nn.functional.adaptive_avg_pool2d(f, 1).flatten(1))
+
+
+@pytest.mark.parametrize("name", ["resnet18", "relu_after_the_target"])
+def test_in_place_activations_after_the_target_do_not_change_grad_cam(name, one_thread):
     from cnnlab.report.gradcam import grad_cams
     from cnnlab.report.layers import trace_model
 
-    model = _zoo_model("resnet18", 32)
+    if name == "resnet18":
+        model = _zoo_model("resnet18", 32)
+    else:
+        torch.manual_seed(0)
+        model = _ReluAfterTheTarget().eval()
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     trace = trace_model(model, x[:1])
+    if name != "resnet18":
+        assert trace.target.name == "features"
     cams = grad_cams(model, trace.target, x, torch.tensor([0, 4, 9]))
     reference = copy.deepcopy(model)
     for m in reference.modules():
