@@ -39,7 +39,6 @@ JOURNAL = "study.journal"
 LOCK = ".tune.lock"
 HEARTBEAT_S = 30.0
 STALE_S = 180.0  # a trial of another machine without a heartbeat for this long is taken over
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
 def quiet_optuna() -> None:
