@@ -84,6 +84,26 @@ def test_per_cell_caps_the_images_and_a_second_report_replaces_the_first(quad, t
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
 
 
+def test_a_folder_holding_an_earlier_report_and_files_of_the_users_is_refused(quad, tmp_path):
+    """--out is replaced as a whole: a file of the user's beside an earlier report would be deleted with it."""
+    from cnnlab.errors import CnnlabError
+    from cnnlab.report import write_report
+
+    out = tmp_path / "shared"
+    write_report(quad.dir, out=out, per_cell=1)
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(CnnlabError, match=r"holds an earlier cnnlab report and files that are not part of it "
+                                          r"\(notes.txt\)") as e:
+        write_report(quad.dir, out=out, per_cell=1)
+    assert "\n" not in str(e.value)
+    assert (out / "notes.txt").read_text() == "mine" and (out / "index.html").is_file()
+    (out / "notes.txt").unlink()
+    write_report(quad.dir, out=out, per_cell=1)  # only the earlier report: replaced
+    from cnnlab.report.build import not_report_files
+
+    assert not_report_files(out) == [] and not_report_files(page_of(quad).parent) == []  # every file it writes
+
+
 def test_only_the_shown_rows_are_read_again(quad, monkeypatch, tmp_path):
     from cnnlab.report import build
     from cnnlab.report.collect import choose_images
