@@ -299,6 +299,39 @@ def test_kill_9_in_the_middle_of_a_trial_then_the_same_command_continues_the_stu
     assert record["counts"]["COMPLETE"] == 6 and len(record["trials"]) == 6
 
 
+def test_a_pruned_run_whose_worker_died_before_telling_the_study_is_told_pruned_on_resume(tmp_path, monkeypatch,
+                                                                                         one_thread):
+    """The worker dies after the pruned run finished (metrics.json written) but before study.tell: the worker that
+    resumes the trial finds a finished run of 1 of 3 epochs, and tells PRUNED (from the run's events), not COMPLETE
+    with a 1-epoch value."""
+    import optuna
+    from optuna.trial import Trial, TrialState
+
+    from cnnlab.tune.space import parse_space
+    from cnnlab.tune.study import quiet_optuna
+    from cnnlab.tune.trial import run_trial
+
+    class Died(BaseException):
+        pass
+
+    def die(*args, **kwargs):
+        raise Died
+
+    quiet_optuna()
+    base = build_config("digits", model="seed_cnn", epochs=3, precision="fp32", batch_size=64, tensorboard=False)
+    params = parse_space({"train.lr": {"choice": [1e-3]}}, base, "test")
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=2.0))  # prunes
+    trial = study.ask()
+    monkeypatch.setattr(study, "tell", die)
+    with pytest.raises(Died):
+        run_trial(study, trial, False, base, params, tmp_path)
+    monkeypatch.undo()
+    assert json.loads((tmp_path / "trials" / "0000" / "metrics.json").read_text())["epochs_run"] == 1
+    assert study.trials[0].state == TrialState.RUNNING
+    outcome = run_trial(study, Trial(study, trial._trial_id), True, base, params, tmp_path)
+    assert outcome.state == "PRUNED" and outcome.epochs == 1 and study.trials[0].state == TrialState.PRUNED
+
+
 def test_two_workers_share_one_journal_file_and_finish_n_trials(tmp_path):
     out = tmp_path / "search"
     r = tune_cli("digits", *BASE, "--epochs", "3", "--trials", "6", "--workers", "2", "--out", str(out))
