@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -82,6 +83,51 @@ def test_a_frozen_model_without_a_trainable_head_cannot_overfit():
     assert report.exit_code == 1
 
 
+@pytest.mark.parametrize("dropout", [nn.AlphaDropout, nn.Dropout2d])
+def test_the_overfit_check_turns_off_every_kind_of_dropout(dropout):
+    """Dropout that drops everything (p=1) leaves nothing to learn from: the check must switch it off, whatever its
+    class (AlphaDropout in SELU nets, Dropout2d after convolutions), or a healthy model fails it."""
+    from sklearn.datasets import load_digits
+
+    from cnnlab.doctor.training import overfit_check
+
+    d = load_digits()
+    x = torch.tensor(d.images[:64], dtype=torch.float32)[:, None] / 16
+    y = torch.tensor(d.target[:64])
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.SELU(), dropout(1.0), nn.Flatten(), nn.Linear(512, 10))
+    checks, _ = overfit_check(model, nn.CrossEntropyLoss(), lambda net: torch.optim.Adam(net.parameters(), 1e-2), x, y)
+    assert checks[0].status == "ok", checks[0].value
+    assert model[2].p == 1.0  # on a copy: the model itself is unchanged
+
+
+def test_duplicates_are_a_share_of_the_images_hashed_not_of_the_whole_split(monkeypatch):
+    """Only the first MAX_HASHED training images are hashed: 2 duplicates among 100 hashed are 2%, a warning, though
+    they are under 1% of the 300 images of the split."""
+    from types import SimpleNamespace
+
+    from cnnlab.data.dataset import DecodedSplit
+    from cnnlab.doctor import data
+
+    monkeypatch.setattr(data, "MAX_HASHED", 100)
+    x = torch.randint(0, 256, (300, 1, 4, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    x[10], x[20] = x[0], x[1]
+    train = DecodedSplit(x, torch.zeros(300, dtype=torch.int64), [str(i) for i in range(300)])
+    (check,) = data.duplicate_checks(SimpleNamespace(splits={"train": train}))
+    assert check.status == "warn" and check.value.startswith("2 duplicates in train")
+
+
+def test_the_lr_check_warns_outside_10x_of_the_suggestion_on_both_sides():
+    from cnnlab.doctor.training import lr_check
+
+    found = {"suggested": 1e-2, "low": 8e-3, "high": 1.2e-2, "sweeps": [{"lr": [1e-6, 1e-3], "fell": True}]}
+    verdicts = {lr: lr_check(found, lr)[0] for lr in (5e-4, 2e-3, 1e-2, 5e-2, 2e-1)}
+    assert {lr: c.status for lr, c in verdicts.items()} == {5e-4: "warn", 2e-3: "ok", 1e-2: "ok", 5e-2: "ok",
+                                                            2e-1: "warn"}
+    assert "the lr is low" in verdicts[5e-4].advice and "the lr is high" in verdicts[2e-1].advice
+    assert all(c.expected == "set lr within 10x of the suggestion" for c in verdicts.values())
+
+
 def test_few_photos_on_a_large_model_from_scratch_get_the_data_advice(tmp_path):
     folder = make_image_folder(tmp_path / "photos", per_class=100, size=16)
     report = diagnose(str(folder), model="mlp", model_kwargs={"hidden": [4096]})
@@ -141,7 +187,14 @@ def test_lr_find_resolves_to_a_number_and_saves_the_sweep(tmp_path):
     run = cnnlab.fit("digits", epochs=1, lr="find", out=str(tmp_path / "run"), quiet=True)
     assert isinstance(run.config.train.lr, float) and 1e-5 < run.config.train.lr < 1e-1
     found = json.loads((tmp_path / "run" / "lr_find.json").read_text())
-    assert len(found["sweeps"]) == 3 and found["low"] <= found["suggested"] <= found["high"]
+    assert len(found["sweeps"]) == 3
+    for sweep in found["sweeps"]:  # a tenth of the lr at the lowest smoothed loss of each seed's sweep
+        assert sweep["suggested"] == pytest.approx(sweep["lr"][int(np.argmin(sweep["loss"]))] / 10)
+    per_seed = [sweep["suggested"] for sweep in found["sweeps"]]
+    assert found["suggested"] == pytest.approx(math.prod(per_seed) ** (1 / 3))  # their geometric mean
+    assert (found["low"], found["high"]) == pytest.approx((min(per_seed), max(per_seed)))
+    assert found["low"] > 0 and math.isfinite(found["high"] / found["low"])  # a finite, positive spread
+    assert found["lr"] == run.config.train.lr == float(f"{found['suggested']:.2g}")
     assert "lr: " + str(run.config.train.lr) in (tmp_path / "run" / "config.yaml").read_text()
     assert (tmp_path / "run" / "lr_find.png").is_file()
     with pytest.raises(CnnlabError, match="must be positive, or find"):

@@ -124,6 +124,21 @@ def test_a_graph_that_disagrees_fails_the_gate_with_exit_1(digits_run, monkeypat
     assert len(err) == 1 and "top-1 agreement" in err[0] and "disagreeing:" in err[0]
 
 
+def test_an_export_that_fails_the_gate_leaves_the_earlier_export_in_place(digits_run, monkeypatch):
+    """The files are checked under temporary names and moved in only after the gate: `predict --backend onnx`
+    never gets a graph that failed parity."""
+    from cnnlab.export import graph
+
+    export_run(digits_run.dir, raw_input=True)
+    folder = digits_run.dir / RunDir.EXPORT
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    monkeypatch.setattr(graph.InputNormalize, "forward", lambda self, x: x.permute(0, 3, 1, 2).float())  # no mean/std
+    with pytest.raises(parity.ParityError, match="does not match PyTorch"):
+        export_run(digits_run.dir, raw_input=True)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # nothing overwritten, nothing left over
+    assert json.loads(before["model.json"])["parity"]["top1_agreement"] == 1.0
+
+
 def test_what_cannot_be_exported_is_one_line(digits_run):
     with pytest.raises(CnnlabError, match="cannot export this model to onnx with --dynamic-size: .*drop"):
         export_run(digits_run.dir, dynamic_size=True)  # seed_cnn's dense layer fixes the image size

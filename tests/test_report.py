@@ -84,6 +84,26 @@ def test_per_cell_caps_the_images_and_a_second_report_replaces_the_first(quad, t
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
 
 
+def test_a_folder_holding_an_earlier_report_and_files_of_the_users_is_refused(quad, tmp_path):
+    """--out is replaced as a whole: a file of the user's beside an earlier report would be deleted with it."""
+    from cnnlab.errors import CnnlabError
+    from cnnlab.report import write_report
+
+    out = tmp_path / "shared"
+    write_report(quad.dir, out=out, per_cell=1)
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(CnnlabError, match=r"holds an earlier cnnlab report and files that are not part of it "
+                                          r"\(notes.txt\)") as e:
+        write_report(quad.dir, out=out, per_cell=1)
+    assert "\n" not in str(e.value)
+    assert (out / "notes.txt").read_text() == "mine" and (out / "index.html").is_file()
+    (out / "notes.txt").unlink()
+    write_report(quad.dir, out=out, per_cell=1)  # only the earlier report: replaced
+    from cnnlab.report.build import not_report_files
+
+    assert not_report_files(out) == [] and not_report_files(page_of(quad).parent) == []  # every file it writes
+
+
 def test_only_the_shown_rows_are_read_again(quad, monkeypatch, tmp_path):
     from cnnlab.report import build
     from cnnlab.report.collect import choose_images
@@ -144,6 +164,20 @@ def test_expected_calibration_error_by_hand():
     assert cal["ece"] == pytest.approx(0.5 * 0.45 + 0.5 * 0.08)
     assert cal["mce"] == pytest.approx(0.45)
     assert [b["count"] for b in cal["bins"]] == [0, 0, 0, 0, 0, 2, 0, 0, 0, 2]
+
+
+def test_macro_f1_averages_over_the_classes_present_as_training_and_evaluate_do():
+    """A class with no image in the split and none predicted does not count (metrics_from_confusion's rule, which
+    val_f1 in metrics.json and evaluate's f1 use)."""
+    from cnnlab.report.collect import Predictions, split_scores
+    from cnnlab.train.metrics import metrics_from_confusion
+
+    labels = np.array([0, 0, 1, 1, 1])
+    pred = np.array([0, 1, 1, 1, 1])
+    probs = np.eye(3, dtype=np.float32)[pred] * 0.8 + 0.2 / 3
+    scores = split_scores(Predictions(probs, pred, labels, [str(i) for i in range(5)]), ["a", "b", "c"])
+    expected = metrics_from_confusion(torch.tensor(scores["confusion_matrix"]))["f1"]
+    assert scores["macro_f1"] == pytest.approx(expected) == pytest.approx((2 / 3 + 6 / 7) / 2)
 
 
 def test_two_classes_show_roc_and_pr_with_the_threshold_the_run_uses(tmp_path, one_thread):
@@ -313,13 +347,35 @@ def test_a_vision_transformer_is_refused_with_the_reason(one_thread):
     assert trace.target is None and "token sequence" in trace.note
 
 
-def test_in_place_activations_after_the_target_do_not_change_grad_cam(one_thread):
+class _ReluAfterTheTarget(torch.nn.Module):
+    """torchvision's DenseNet pattern: the traced target (`features`, ending in batch norm) is followed by an
+    in-place ReLU in forward, which rewrites the target's output tensor (negative values to 0)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8))
+        self.classifier = torch.nn.Linear(8, 10)
+        self.inplace = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = torch.nn.functional.relu(self.features(x), inplace=self.inplace)
+        return self.classifier(torch.nn.functional.adaptive_avg_pool2d(f, 1).flatten(1))
+
+
+@pytest.mark.parametrize("name", ["resnet18", "relu_after_the_target"])
+def test_in_place_activations_after_the_target_do_not_change_grad_cam(name, one_thread):
     from cnnlab.report.gradcam import grad_cams
     from cnnlab.report.layers import trace_model
 
-    model = _zoo_model("resnet18", 32)
+    if name == "resnet18":
+        model = _zoo_model("resnet18", 32)
+    else:
+        torch.manual_seed(0)
+        model = _ReluAfterTheTarget().eval()
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     trace = trace_model(model, x[:1])
+    if name != "resnet18":
+        assert trace.target.name == "features"
     cams = grad_cams(model, trace.target, x, torch.tensor([0, 4, 9]))
     reference = copy.deepcopy(model)
     for m in reference.modules():

@@ -171,6 +171,26 @@ def test_grid_search_runs_folders_records_a_failed_trial_and_writes_a_trainable_
     assert [s.study_name for s in storage.get_all_studies()] == ["tune"]
 
 
+def test_best_yaml_trains_with_the_base_configs_checks_and_nan_policy(tmp_path):
+    """A trial runs with train.checks off and nan_policy stop (tune's choices); best.yaml gets the base's back."""
+    from types import SimpleNamespace
+
+    from cnnlab.tune.results import write_best
+    from cnnlab.tune.search import prepare
+
+    base = build_config("digits", model="seed_cnn", out=str(tmp_path / "search"))
+    out = prepare(base, None, "random", "median", "tune", None)
+    trial = yaml.safe_load((out / "tune.yaml").read_text())["base"]
+    assert trial["train"]["nan_policy"] == "rollback"
+    trial["train"].update(nan_policy="stop", checks=False)
+    (out / "trials" / "0000").mkdir(parents=True)
+    (out / "trials" / "0000" / "config.yaml").write_text(yaml.safe_dump(trial, sort_keys=False))
+    best = yaml.safe_load(write_best(out, SimpleNamespace(number=0, value=0.5,
+                                                          user_attrs={"run": "trials/0000"})).read_text())
+    assert best["train"]["nan_policy"] == "rollback" and best["train"]["checks"] is True
+    assert list(best["train"]) == list(trial["train"])  # the keys where they were
+
+
 def test_a_diverging_trial_fails_with_its_reason(tmp_path):
     space = write_space(tmp_path / "s.yaml", {"train.lr": {"choice": [1e6]}, "train.optimizer": {"choice": ["sgd"]}})
     r = tune_cli("digits", *BASE, "--epochs", "1", "--trials", "1", "--space", space, "--out", str(tmp_path / "t"))
@@ -196,9 +216,49 @@ def test_rerunning_with_other_settings_in_the_same_folder_is_refused(tmp_path):
     assert r.returncode == 2 and "holds another search (different train.lr)" in r.stderr
 
 
+def test_rerunning_with_another_storage_in_the_same_folder_is_refused(tmp_path):
+    """The trials' run folders belong to the first storage's study: another (or no) --storage is another search.
+    tune.yaml holds the URL without its password, and that is what is compared."""
+    from cnnlab.tune.search import prepare
+
+    cfg = build_config("digits", model="seed_cnn", out=str(tmp_path / "search"))
+    prepare(cfg, None, "random", "median", "tune", None)
+    for storage in (str(tmp_path / "other.journal"), "postgresql://me:secret@db.example/optuna"):
+        with pytest.raises(CnnlabError, match=r"holds another search \(different storage\)") as e:
+            prepare(cfg, None, "random", "median", "tune", storage)
+        assert "\n" not in str(e.value) and "secret" not in str(e.value)
+    assert prepare(cfg, None, "random", "median", "tune", None) == tmp_path / "search"  # the same: continued
+    url = build_config("digits", model="seed_cnn", out=str(tmp_path / "rdb"))
+    prepare(url, None, "random", "median", "tune", "postgresql://me:secret@db.example/optuna")
+    prepare(url, None, "random", "median", "tune", "postgresql://me:other@db.example/optuna")  # masked: the same
+    with pytest.raises(CnnlabError, match="different storage"):
+        prepare(url, None, "random", "median", "tune", None)
+
+
 # -- crash safety and workers --------------------------------------------------------------------------------------
 def finished(trials: list) -> list:
     return [t for t in trials if t.state.name in ("COMPLETE", "PRUNED", "FAIL") and not t.user_attrs.get("surplus")]
+
+
+def test_a_claimed_trial_is_not_stale_to_a_worker_on_another_machine(tmp_path, monkeypatch):
+    """A new trial and a resumed one carry a fresh `beat` from the moment they are claimed (before the Heartbeat
+    thread starts): a worker on another host must not take them over."""
+    import optuna
+
+    from cnnlab.tune import study as study_module
+    from cnnlab.tune.study import claim_trial, is_stale, quiet_optuna
+
+    quiet_optuna()
+    study = optuna.create_study()
+    dead = study.ask()  # its worker, on a third machine, stopped beating long ago
+    dead.set_user_attr("owner", {"host": "gone-host", "pid": 1, "started": None})
+    dead.set_user_attr("beat", time.time() - 10 * study_module.STALE_S)
+    resumed = claim_trial(study, tmp_path, 2)
+    new = claim_trial(study, tmp_path, 2)
+    assert resumed.resumed and resumed.trial.number == 0 and not new.resumed and new.trial.number == 1
+    monkeypatch.setattr(study_module.socket, "gethostname", lambda: "another-host")
+    now = time.time()
+    assert [is_stale(t, now) for t in study.get_trials(deepcopy=False)] == [False, False]
 
 
 def test_kill_9_in_the_middle_of_a_trial_then_the_same_command_continues_the_study(tmp_path):
@@ -237,6 +297,39 @@ def test_kill_9_in_the_middle_of_a_trial_then_the_same_command_continues_the_stu
     assert sorted(p.name for p in (out / "trials").iterdir()) == [f"{i:04d}" for i in range(6)]
     record = json.loads((out / "tune.json").read_text())
     assert record["counts"]["COMPLETE"] == 6 and len(record["trials"]) == 6
+
+
+def test_a_pruned_run_whose_worker_died_before_telling_the_study_is_told_pruned_on_resume(tmp_path, monkeypatch,
+                                                                                         one_thread):
+    """The worker dies after the pruned run finished (metrics.json written) but before study.tell: the worker that
+    resumes the trial finds a finished run of 1 of 3 epochs, and tells PRUNED (from the run's events), not COMPLETE
+    with a 1-epoch value."""
+    import optuna
+    from optuna.trial import Trial, TrialState
+
+    from cnnlab.tune.space import parse_space
+    from cnnlab.tune.study import quiet_optuna
+    from cnnlab.tune.trial import run_trial
+
+    class Died(BaseException):
+        pass
+
+    def die(*args, **kwargs):
+        raise Died
+
+    quiet_optuna()
+    base = build_config("digits", model="seed_cnn", epochs=3, precision="fp32", batch_size=64, tensorboard=False)
+    params = parse_space({"train.lr": {"choice": [1e-3]}}, base, "test")
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=2.0))  # prunes
+    trial = study.ask()
+    monkeypatch.setattr(study, "tell", die)
+    with pytest.raises(Died):
+        run_trial(study, trial, False, base, params, tmp_path)
+    monkeypatch.undo()
+    assert json.loads((tmp_path / "trials" / "0000" / "metrics.json").read_text())["epochs_run"] == 1
+    assert study.trials[0].state == TrialState.RUNNING
+    outcome = run_trial(study, Trial(study, trial._trial_id), True, base, params, tmp_path)
+    assert outcome.state == "PRUNED" and outcome.epochs == 1 and study.trials[0].state == TrialState.PRUNED
 
 
 def test_two_workers_share_one_journal_file_and_finish_n_trials(tmp_path):

@@ -51,7 +51,8 @@ def duplicate_checks(data: PreparedData) -> list[Check]:
         return [Check("data: duplicates", OK, "skipped (streamed data)", "no duplicates",
                       "cnnlab data inspect DATA finds duplicates in streamed data")]
     hashes = split_hashes(train)
-    dup = min(len(train), MAX_HASHED) - len(hashes)
+    hashed = min(len(train), MAX_HASHED)
+    dup = hashed - len(hashes)
     leaks = 0
     for name, split in data.splits.items():
         if name != "train":
@@ -61,7 +62,7 @@ def duplicate_checks(data: PreparedData) -> list[Check]:
         return [Check("data: leakage", FAIL, value, "no held-out image in train",
                       "the held-out metrics overstate accuracy: remove the duplicates from one side "
                       "(cnnlab data inspect lists them)")]
-    if dup > 0.01 * len(train):
+    if dup > 0.01 * hashed:  # a share of the images looked at, not of the whole split
         return [Check("data: duplicates", WARN, value, "under 1% duplicates", "deduplicate the training images")]
     return [Check("data: duplicates", OK, value, "no duplicates, no leakage")]
 

@@ -12,7 +12,6 @@ from torch import nn
 from cnnlab.doctor.checks import FAIL, OK, WARN, Check
 
 ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.SELU, nn.GELU, nn.Tanh, nn.Sigmoid)
-SATURATING = (nn.Tanh, nn.Sigmoid)
 UPDATE_BAND = (1e-4, 1e-2)  # the notes' update / weight ratio, about 1e-3
 ADAPTIVE_HIGH = 5e-2  # Adam-like first steps move every weight by about lr: a wider upper bound
 

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.nn.modules.dropout import _DropoutNd
 
 from cnnlab.doctor.checks import FAIL, OK, WARN, Check
 from cnnlab.doctor.probes import logits_of
@@ -46,7 +47,7 @@ def overfit_check(model: nn.Module, loss_fn, optimizer_fn, x: torch.Tensor, y: t
         return [Check("overfit tiny", FAIL, "no trainable parameters", expected,
                       "the model is frozen (no trainable head): unfreeze the classifier")], {}
     for m in net.modules():
-        if isinstance(m, nn.Dropout):
+        if isinstance(m, _DropoutNd):  # every kind: Dropout, Dropout1d/2d/3d, AlphaDropout (SELU), FeatureAlphaDropout
             m.p = 0.0
     optimizer = optimizer_fn(net)
     losses, acc, steps = [], 0.0, 0
@@ -120,7 +121,7 @@ def lr_check(found: dict, lr: float) -> list[Check]:
                       "or try both ends")]
     if lr > 10 * s:
         return [Check("lr range test", WARN, value, expected, f"the lr is high: try --lr {s:.1g} (or --lr find)")]
-    if lr < s / 30:
+    if lr < s / 10:
         return [Check("lr range test", WARN, value, expected, f"the lr is low: try --lr {s:.1g} (or --lr find)")]
     return [Check("lr range test", OK, value, expected)]
 

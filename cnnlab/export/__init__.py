@@ -9,7 +9,12 @@ inside the graph, cnnlab.export.parity for the gate, cnnlab.export.quantize for 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,22 +67,42 @@ def export_run(run: str | Path | Run, fmt: str = "onnx", *, raw_input: bool = Fa
     model_spec = spec(run, fmt, folder / FORMATS[fmt], raw=raw_input, softmax=softmax, bce=bce,
                       batch=dynamic_batch, size=dynamic_size, opset=opset, norm=norm)
     metadata = {"cnnlab.classes": json.dumps(run.class_names), "cnnlab.spec": json.dumps(model_spec)}
-    path = write(module, example, fmt, folder, batch=dynamic_batch, size=dynamic_size, raw=raw_input, opset=opset,
-                 metadata=metadata)
-    if dynamic_size:
-        check_other_size(fmt, path, example, raw_input)
-    reference = reference_probabilities(run, model, x)
-    exported = parity.exported_probabilities(fmt, path, model_spec, x, preprocess)
-    result = parity.compare(reference, exported, y, ids)
-    model_spec["parity"] = {k: v for k, v in result.items() if k != "disagreeing"}
-    spec_path = folder / "model.json"
-    spec_path.write_text(json.dumps(model_spec, indent=2), encoding="utf-8")
-    parity.gate(result, f"{fmt} model")
+    with staging(folder) as tmp:  # checked there, moved in after the gate: a failing export keeps the good one
+        path = write(module, example, fmt, tmp, batch=dynamic_batch, size=dynamic_size, raw=raw_input, opset=opset,
+                     metadata=metadata)
+        if dynamic_size:
+            check_other_size(fmt, path, example, raw_input)
+        reference = reference_probabilities(run, model, x)
+        exported = parity.exported_probabilities(fmt, path, model_spec, x, preprocess)
+        result = parity.compare(reference, exported, y, ids)
+        model_spec["parity"] = {k: v for k, v in result.items() if k != "disagreeing"}
+        spec_path = tmp / "model.json"
+        spec_path.write_text(json.dumps(model_spec, indent=2), encoding="utf-8")
+        parity.gate(result, f"{fmt} model")
+        path, spec_path = move_in(path, folder), move_in(spec_path, folder)
     out = ExportResult(path, spec_path, result, files=[path, spec_path])
     if quantize_mode is not None:
         out.int8 = export_int8(run, path, model_spec, images, preprocess, quantize_mode)
         out.files.append(folder / "model.int8.onnx")
     return out
+
+
+@contextlib.contextmanager
+def staging(folder: Path) -> Iterator[Path]:
+    """A temporary folder inside the export folder (the same file system, so moving a file in is a rename);
+    removed with whatever is left in it."""
+    tmp = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def move_in(path: Path, folder: Path) -> Path:
+    """Rename a staged file into the export folder, replacing the file of that name."""
+    target = folder / path.name
+    os.replace(path, target)
+    return target
 
 
 def check_other_size(fmt: str, path: Path, example: torch.Tensor, raw: bool) -> None:
@@ -109,10 +134,12 @@ def export_int8(run: Run, path: Path, model_spec: dict[str, Any], images: Any, p
     batches = [parity.graph_input(train.x[pick[i : i + 32]], raw, preprocess).numpy() for i in range(0, len(pick), 32)]
     if model_spec["input"]["shape"][0] is not None:  # a fixed batch of one
         batches = [b[i : i + 1] for b in batches for i in range(len(b))]
-    int8_path = quantize(path, path.with_name("model.int8.onnx"), mode, batches)
-    reference = reference_probabilities(run, run.model, images.x)
-    exported = parity.exported_probabilities("onnx", int8_path, model_spec, images.x, preprocess)
-    result = parity.compare(reference, exported, images.y, images.ids)
+    with staging(path.parent) as tmp:  # an int8 model that fails half-way leaves the earlier one in place
+        int8_path = quantize(path, tmp / "model.int8.onnx", mode, batches)
+        reference = reference_probabilities(run, run.model, images.x)
+        exported = parity.exported_probabilities("onnx", int8_path, model_spec, images.x, preprocess)
+        result = parity.compare(reference, exported, images.y, images.ids)
+        int8_path = move_in(int8_path, path.parent)
     result["mode"] = mode
     result["accuracy_change"] = result["accuracy_export"] - result["accuracy_torch"]
     spec_path = path.with_name("model.json")

@@ -78,4 +78,5 @@ def gate(result: dict[str, Any], what: str) -> None:
     raise ParityError(f"the exported {what} does not match PyTorch on {result['images']} images: top-1 agreement "
                       f"{result['top1_agreement']:.2%} (needs {MIN_AGREEMENT:.1%}), largest probability difference "
                       f"{result['max_abs_prob_diff']:.2e} (needs <= {MAX_PROB_DIFF:g})"
-                      + (f"; disagreeing: {worst}" if worst else "") + "; the export files were kept for a look")
+                      + (f"; disagreeing: {worst}" if worst else "")
+                      + "; nothing was written (an earlier export is left as it was)")

@@ -33,6 +33,8 @@ from cnnlab.report.template import GENERATOR
 from cnnlab.runs import RunDir
 
 SUMMARY = "summary.json"  # the page's headline numbers, beside index.html
+FIGURES = ("curves.png", "roc_pr.png", "reliability.png", "filters.png", "features.png", "augment.png")  # draw_*
+IMAGES = "img"  # the shown images and Grad-CAMs (cnnlab.report.render)
 
 
 def summary_of(parts: Parts) -> dict[str, Any]:
@@ -60,7 +62,19 @@ def report_folder(run_dir: RunDir, out: str | Path | None) -> Path:
         if any(target.iterdir()) and not earlier:
             raise CnnlabError(f"{target} is not empty and holds no cnnlab report; choose a new or empty --out "
                               "folder, so nothing in it is overwritten")
+        other = not_report_files(target) if earlier else []
+        if other:  # the whole folder is replaced: these would be deleted with the earlier report
+            shown = ", ".join(other[:3]) + (f" and {len(other) - 3} more" if len(other) > 3 else "")
+            raise CnnlabError(f"{target} holds an earlier cnnlab report and files that are not part of it ({shown}); "
+                              "move them out, or choose a new or empty --out folder, so nothing of yours is deleted")
     return target
+
+
+def not_report_files(folder: Path) -> list[str]:
+    """The names in a report folder that a report does not write (the folder is replaced as a whole)."""
+    own = {RunDir.REPORT_PAGE, SUMMARY, *FIGURES}
+    return sorted(p.name for p in folder.iterdir()
+                  if not ((p.name in own and p.is_file()) or (p.name == IMAGES and p.is_dir())))
 
 
 def replace_folder(tmp: Path, target: Path) -> None:

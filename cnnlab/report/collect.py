@@ -17,7 +17,7 @@ import torch
 
 from cnnlab.inference import Run
 from cnnlab.report.split import SplitView
-from cnnlab.train.metrics import per_class_report
+from cnnlab.train.metrics import metrics_from_confusion, per_class_report
 
 CHUNK_BYTES = 64 * 2**20  # decoded images per chunk of the streamed pass
 
@@ -116,7 +116,7 @@ def split_scores(preds: Predictions, class_names: list[str]) -> dict[str, Any]:
     out = {"count": len(preds.labels), "confusion_matrix": cm, "per_class": per_class,
            "accuracy": float(np.trace(cm) / n), "loss": float(preds.loss.mean()) if len(preds.labels) else 0.0,
            "balanced_accuracy": float(np.mean([r["recall"] for r in present])) if present else 0.0,
-           "macro_f1": float(np.mean([r["f1"] for r in per_class])) if per_class else 0.0,
+           "macro_f1": metrics_from_confusion(torch.from_numpy(cm))["f1"],  # val_f1's rule: classes present only
            "calibration": calibration(preds.probs, preds.labels), "binary": binary_curves(preds, cm)}
     if k > 5:
         top5 = np.argsort(-preds.probs, axis=1)[:, :5]

@@ -52,6 +52,11 @@ def write_best(out: Path, best: FrozenTrial) -> Path:
     data["out"] = None
     data["verbose"] = 1
     data["train"]["checks"] = True  # off in trials only (tune skips them there)
+    base = (read_settings(out).get("base") or {}).get("train") or {}
+    if "nan_policy" in base:  # trials stop on a NaN (tune sets it); best.yaml trains with the base's policy
+        data["train"]["nan_policy"] = base["nan_policy"]
+    else:
+        data["train"].pop("nan_policy", None)
     path = out / BEST_YAML
     head = f"# cnnlab tune: trial {best.number} (value {best.value:.6g}); cnnlab train --config {path}\n"
     path.write_text(head + yaml.safe_dump(data, sort_keys=False), encoding="utf-8")

@@ -5,8 +5,8 @@
     DIR/trials/NNNN/     one normal run folder per trial (evaluate, predict, report, compare work on it)
     DIR/tune.json, DIR/best.yaml, DIR/history.png, DIR/parallel.png   the results (cnnlab.tune.results)
 
-Rerunning the same command continues the study; a different base config, space, sampler or pruner in the same
-DIR is refused (a new --out or --study starts another search). `--workers K` starts K worker processes on this
+Rerunning the same command continues the study; a different base config, space, sampler, pruner or storage in the
+same DIR is refused (a new --out or --study starts another search). `--workers K` starts K worker processes on this
 machine (`cnnlab tune --worker DIR`), each with cores / K threads, all pulling trials from the same storage.
 """
 
@@ -29,7 +29,7 @@ from cnnlab.tune.space import grid_space, load_space, parse_space
 SETTINGS = "tune.yaml"
 STORAGE_ENV = "CNNLAB_TUNE_STORAGE"  # the real storage URL for the workers (tune.yaml holds it masked)
 THREADS_ENV = "CNNLAB_TUNE_THREADS"
-SEARCH_KEYS = ("study", "sampler", "pruner", "seed", "space", "base")  # what must match to continue a study
+SEARCH_KEYS = ("study", "storage", "sampler", "pruner", "seed", "space", "base")  # what must match to continue a study
 
 
 def study_folder(cfg: Config, study: str) -> Path:

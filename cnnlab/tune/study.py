@@ -39,7 +39,6 @@ JOURNAL = "study.journal"
 LOCK = ".tune.lock"
 HEARTBEAT_S = 30.0
 STALE_S = 180.0  # a trial of another machine without a heartbeat for this long is taken over
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
 def quiet_optuna() -> None:
@@ -156,6 +155,13 @@ def owner_record() -> dict[str, Any]:
     return {"host": socket.gethostname(), "pid": os.getpid(), "started": process_start(os.getpid())}
 
 
+def sign(trial: Trial) -> None:
+    """Make this worker the trial's owner, with a fresh heartbeat: until `Heartbeat` beats, a worker on another
+    machine would otherwise read a missing (or the dead owner's old) `beat` and take the trial over."""
+    trial.set_user_attr("beat", time.time())  # first: never a new owner with an old beat
+    trial.set_user_attr("owner", owner_record())
+
+
 def alive(owner: dict[str, Any]) -> bool:
     """Whether the worker process of an owner record (on this host) still runs."""
     pid = int(owner.get("pid", -1))
@@ -210,14 +216,14 @@ def claim_trial(study: optuna.Study, out: Path, n_trials: int) -> Claim | None:
         if stale:
             t = stale[0]
             trial = Trial(study, t._trial_id)  # Optuna has no public handle on an existing trial by number
-            trial.set_user_attr("owner", owner_record())
+            sign(trial)
             trial.set_user_attr("resumed", int(t.user_attrs.get("resumed", 0)) + 1)
             return Claim(trial, True)
         sampler = study.sampler
         if len(trials) >= n_trials or (hasattr(sampler, "is_exhausted") and sampler.is_exhausted(study)):
             return None
         trial = study.ask()
-        trial.set_user_attr("owner", owner_record())
+        sign(trial)
     if sum(1 for t in counted(study.get_trials(deepcopy=False)) if t.number < trial.number) >= n_trials:
         trial.set_user_attr("surplus", True)  # another machine took the last one at the same time
         study.tell(trial, state=TrialState.FAIL)

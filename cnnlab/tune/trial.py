@@ -8,6 +8,7 @@ A trial killed before its run folder had a config.yaml leaves at most a partial 
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from optuna.trial import Trial, TrialState
 from cnnlab.config import Config
 from cnnlab.runs import RunDir
 from cnnlab.train.callbacks import Callback
+from cnnlab.train.faults import EventLog
 from cnnlab.tune.space import Param, trial_config
 from cnnlab.tune.study import Heartbeat
 
@@ -63,6 +65,23 @@ class ReportToTrial(Callback):
             self.pruned_at = epoch
             self.trainer.stop_training = True
             self.trainer.log(f"pruned at epoch {epoch + 1}: {self.monitor} {value:.4f}")
+            # in the run folder too: a worker that dies before telling the study leaves a finished run, and the
+            # one that resumes the trial must tell it PRUNED, not COMPLETE with a value of fewer epochs
+            EventLog(RunDir(self.run).file(RunDir.EVENTS)).write("pruned", epoch=epoch + 1, monitor=self.monitor,
+                                                                 value=float(value))
+
+
+def pruned_run(folder: Path, epochs_run: int) -> bool:
+    """Whether a finished run stopped because the pruner said so (its last epoch is the one it was pruned at)."""
+    path = RunDir(folder).file(RunDir.EVENTS)
+    for line in path.read_text(encoding="utf-8").splitlines() if path.is_file() else []:
+        try:
+            e = json.loads(line)
+        except ValueError:  # a line cut short by a kill
+            continue
+        if isinstance(e, dict) and e.get("event") == "pruned" and e.get("epoch") == epochs_run:
+            return True
+    return False
 
 
 @dataclass
@@ -109,7 +128,7 @@ def run_trial(study: optuna.Study, trial: Trial, resumed: bool, base: Config, pa
         study.tell(trial, state=TrialState.FAIL)
         return Outcome(trial.number, "FAIL", None, values, 0, time.perf_counter() - t0, reason)
     trial.set_user_attr("epochs", epochs)
-    if report.pruned_at is not None:
+    if report.pruned_at is not None or (resumed and pruned_run(folder, epochs)):
         study.tell(trial, state=TrialState.PRUNED)
         return Outcome(trial.number, "PRUNED", value, values, epochs, time.perf_counter() - t0)
     study.tell(trial, float(value))
