@@ -25,6 +25,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.models.simple import count_parameters
 from cnnlab.prepare import PreparedData, prepare_data
 from cnnlab.recipe import build_loss, build_model, build_optimizer, resolve_normalization, seed_everything
+from cnnlab.runs import RunDir
 from cnnlab.train import dist
 from cnnlab.train.optim import DEFAULT_LR
 from cnnlab.train.trainer import resolve_device
@@ -146,7 +147,7 @@ def write_outputs(report: DoctorReport, folder: Path, lr: float) -> None:
 def before_training(cfg: Config, run_dir, data: PreparedData, model: nn.Module, norm, log) -> Config:
     """cnnlab train's hook: the cheap checks (data, initial loss: a line for each one not ok), and `--lr find`
     resolved to a number (the sweep in RUN/lr_find.json and .png). The global random state is left as it was."""
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count())):  # the CUDA generators too
         if cfg.train.checks:
             for c in cheap_checks(cfg, data, model, norm):
                 if c.status != OK:
@@ -162,10 +163,9 @@ def before_training(cfg: Config, run_dir, data: PreparedData, model: nn.Module, 
     log(f"lr find: suggested {cfg.train.lr:g} (seeds {found['low']:.1e}..{found['high']:.1e}); saved "
         f"lr_find.json / lr_find.png")
     if dist.is_writer():
-        folder = Path(run_dir.path)
         sweeps = [{k: s[k] for k in ("lr", "loss", "suggested", "fell")} for s in found["sweeps"]]
-        (folder / "lr_find.json").write_text(json.dumps({**found, "sweeps": sweeps, "lr": cfg.train.lr}, indent=1))
-        plots.lr_plot(found, cfg.train.lr, folder / "lr_find.png")
+        run_dir.file(RunDir.LR_FIND).write_text(json.dumps({**found, "sweeps": sweeps, "lr": cfg.train.lr}, indent=1))
+        plots.lr_plot(found, cfg.train.lr, run_dir.file(RunDir.LR_FIND_PLOT))
     return cfg
 
 

@@ -76,7 +76,7 @@ def export_run(run: str | Path | Run, fmt: str = "onnx", *, raw_input: bool = Fa
         exported = parity.exported_probabilities(fmt, path, model_spec, x, preprocess)
         result = parity.compare(reference, exported, y, ids)
         model_spec["parity"] = {k: v for k, v in result.items() if k != "disagreeing"}
-        spec_path = tmp / "model.json"
+        spec_path = tmp / RunDir.EXPORT_SPEC
         spec_path.write_text(json.dumps(model_spec, indent=2), encoding="utf-8")
         parity.gate(result, f"{fmt} model")
         path, spec_path = move_in(path, folder), move_in(spec_path, folder)
@@ -142,7 +142,7 @@ def export_int8(run: Run, path: Path, model_spec: dict[str, Any], images: Any, p
         int8_path = move_in(int8_path, path.parent)
     result["mode"] = mode
     result["accuracy_change"] = result["accuracy_export"] - result["accuracy_torch"]
-    spec_path = path.with_name("model.json")
+    spec_path = path.with_name(RunDir.EXPORT_SPEC)
     saved = json.loads(spec_path.read_text(encoding="utf-8"))
     saved["int8"] = {"file": int8_path.name, **{k: v for k, v in result.items() if k != "disagreeing"}}
     spec_path.write_text(json.dumps(saved, indent=2), encoding="utf-8")
