@@ -10,8 +10,7 @@ import numpy as np
 import torch
 
 from cnnlab.data.preview import draw_augmentation_grid
-from cnnlab.plotting import pyplot as _plt
-from cnnlab.plotting import save as _save
+from cnnlab.plotting import pyplot, save
 
 TRAIN, VAL, ACCENT = "#1f77b4", "#d62728", "#2ca02c"
 
@@ -30,7 +29,7 @@ def accuracy_key(history: list[dict[str, Any]]) -> str | None:
 def learning_curves(history: list[dict[str, Any]], best_epoch: int | None, path: Path) -> dict[str, Any]:
     """Loss and accuracy (train and val) and the learning rate per epoch; the best epoch marked, the gap between
     train and val shaded. Returns the gap at the best (or last) epoch."""
-    plt = _plt()
+    plt = pyplot()
     epochs = _series(history, "epoch")
     acc = accuracy_key(history)
     panels = [("loss", "loss")] + ([(acc, acc.replace("_", " "))] if acc else []) + [("lr", "learning rate")]
@@ -58,13 +57,13 @@ def learning_curves(history: list[dict[str, Any]], best_epoch: int | None, path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    _save(fig, path)
+    save(fig, path)
     return {"epoch": at, "gap": gap, "accuracy_key": acc}
 
 
 def roc_pr(curves: dict[str, Any], positive: str, path: Path) -> None:
     """ROC and precision-recall curves of P(positive) with the operating point of the decision threshold."""
-    plt = _plt()
+    plt = pyplot()
     fig, (roc, pr) = plt.subplots(1, 2, figsize=(8.4, 3.6))
     p, t = curves["point"], curves["threshold"]
     roc.plot(curves["fpr"], curves["tpr"], color=TRAIN, label=f"ROC AUC {curves['roc_auc']:.4f}")
@@ -87,12 +86,12 @@ def roc_pr(curves: dict[str, Any], positive: str, path: Path) -> None:
         ax.legend(fontsize=7, loc="lower right" if ax is roc else "lower left")
         ax.tick_params(labelsize=8)
     fig.tight_layout()
-    _save(fig, path)
+    save(fig, path)
 
 
 def reliability(cal: dict[str, Any], path: Path) -> None:
     """Accuracy against mean confidence per confidence bin (bars), the diagonal, and how many images each bin has."""
-    plt = _plt()
+    plt = pyplot()
     bins = cal["bins"]
     fig, (ax, hist) = plt.subplots(2, 1, figsize=(4.6, 4.6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     lo = np.array([b["lo"] for b in bins])
@@ -122,7 +121,7 @@ def reliability(cal: dict[str, Any], path: Path) -> None:
         a.tick_params(labelsize=8)
         a.grid(alpha=0.3)
     fig.tight_layout()
-    _save(fig, path)
+    save(fig, path)
 
 
 def mosaic(tiles: list[np.ndarray], cols: int, pad: int = 1, fill: float = 1.0) -> np.ndarray:
@@ -145,7 +144,7 @@ def _unit(a: np.ndarray) -> np.ndarray:
 def filters(weight: torch.Tensor, image_shape: tuple[int, int, int], path: Path, limit: int = 64) -> str:
     """The first layer's filters as images: a Conv2d's kernels (RGB for 3 input channels, gray otherwise, each
     scaled to its own range), or a Linear's weight rows reshaped to the input image. Returns a description."""
-    plt = _plt()
+    plt = pyplot()
     w = weight.numpy()
     if w.ndim == 2:  # a dense first layer (an MLP): each unit's weights are an image of the input's shape
         c, h, wd = image_shape
@@ -161,7 +160,7 @@ def filters(weight: torch.Tensor, image_shape: tuple[int, int, int], path: Path,
     fig, ax = plt.subplots(figsize=(side, side * grid.shape[0] / grid.shape[1]))
     ax.imshow(grid, cmap="gray", interpolation="nearest", vmin=0, vmax=1)
     ax.set_axis_off()
-    _save(fig, path)
+    save(fig, path)
     shown = f" (the first {limit} shown)" if weight.shape[0] > limit else ""
     return kind + shown
 
@@ -169,7 +168,7 @@ def filters(weight: torch.Tensor, image_shape: tuple[int, int, int], path: Path,
 def feature_maps(image: np.ndarray, stages: list[Any], maps: list[torch.Tensor], path: Path,
                  channels: int = 8) -> None:
     """One image and, per stage, its `channels` most active feature maps (each scaled to its own range)."""
-    plt = _plt()
+    plt = pyplot()
     from matplotlib import colormaps
 
     fig, axes = plt.subplots(len(stages) + 1, 1, figsize=(1.15 * channels + 1.5, 1.45 * (len(stages) + 1)),
@@ -191,12 +190,12 @@ def feature_maps(image: np.ndarray, stages: list[Any], maps: list[torch.Tensor],
                      fontsize=8, loc="left")
         ax.set_axis_off()
     fig.tight_layout()
-    _save(fig, path)
+    save(fig, path)
 
 
 def augmentation(x: torch.Tensor, augmented: list[torch.Tensor], names: list[str], title: str, path: Path) -> None:
     """Original training images (top row, with their class) above augmented versions of them."""
-    fig = draw_augmentation_grid(_plt(), x, augmented, names, "draw", scale=(1.25, 1.3), fontsize=7)
+    fig = draw_augmentation_grid(pyplot(), x, augmented, names, "draw", scale=(1.25, 1.3), fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    _save(fig, path)
+    save(fig, path)
