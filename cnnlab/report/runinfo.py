@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 
 from cnnlab.runs import RunDir
+from cnnlab.train.faults import EventLog
 
 
 @dataclass
@@ -43,12 +43,7 @@ def read_run_info(run: RunDir) -> RunInfo:
     meta, resolved = raw.pop("meta", {}) or {}, raw.pop("resolved", {}) or {}
     summary = "\n".join(read_lines(run, run.SUMMARY))
     skipped = [tuple(line.split("\t", 1)) if "\t" in line else (line, "") for line in read_lines(run, run.SKIPPED)]
-    events = []
-    for line in read_lines(run, run.EVENTS):
-        try:
-            events.append(json.loads(line))
-        except ValueError:
-            continue
+    events = EventLog(run.file(run.EVENTS)).read()
     transfer = run.read_json(run.TRANSFER) if run.file(run.TRANSFER).is_file() else None
     return RunInfo(raw, meta, resolved, run.read_classes(), summary, run.read_history(), run.read_metrics(),
                    transfer, skipped, events)

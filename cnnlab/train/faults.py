@@ -57,9 +57,18 @@ class EventLog:
             pass  # the log is a record, never a reason to lose the run
 
     def read(self) -> list[dict[str, Any]]:
+        """Every event written; a line cut short by a kill (the last one) is left out."""
         if self.path is None or not self.path.is_file():
             return []
-        return [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        events = []
+        for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict):
+                events.append(event)
+        return events
 
 
 class NonFiniteLoss(CnnlabError):

@@ -16,6 +16,7 @@ from cnnlab.tune.search import read_settings
 from cnnlab.tune.study import open_storage, quiet_optuna
 
 TUNE_JSON, BEST_YAML, HISTORY_PNG, PARALLEL_PNG = "tune.json", "best.yaml", "history.png", "parallel.png"
+TRIAL_ONLY = ("nan_policy", "checks")  # train keys a trial sets for itself: stop on a NaN, skip the cheap checks
 MIN_FOR_IMPORTANCE = 4
 
 
@@ -51,12 +52,12 @@ def write_best(out: Path, best: FrozenTrial) -> Path:
     data = {k: v for k, v in run.read_raw_config().items() if k not in ("meta", "resolved")}
     data["out"] = None
     data["verbose"] = 1
-    data["train"]["checks"] = True  # off in trials only (tune skips them there)
     base = (read_settings(out).get("base") or {}).get("train") or {}
-    if "nan_policy" in base:  # trials stop on a NaN (tune sets it); best.yaml trains with the base's policy
-        data["train"]["nan_policy"] = base["nan_policy"]
-    else:
-        data["train"].pop("nan_policy", None)
+    for key in TRIAL_ONLY:  # set for the trials (cnnlab.tune.trial); best.yaml trains as the base config asked
+        if key in base:
+            data["train"][key] = base[key]
+        else:
+            data["train"].pop(key, None)
     path = out / BEST_YAML
     head = f"# cnnlab tune: trial {best.number} (value {best.value:.6g}); cnnlab train --config {path}\n"
     path.write_text(head + yaml.safe_dump(data, sort_keys=False), encoding="utf-8")

@@ -8,7 +8,6 @@ A trial killed before its run folder had a config.yaml leaves at most a partial 
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -73,15 +72,8 @@ class ReportToTrial(Callback):
 
 def pruned_run(folder: Path, epochs_run: int) -> bool:
     """Whether a finished run stopped because the pruner said so (its last epoch is the one it was pruned at)."""
-    path = RunDir(folder).file(RunDir.EVENTS)
-    for line in path.read_text(encoding="utf-8").splitlines() if path.is_file() else []:
-        try:
-            e = json.loads(line)
-        except ValueError:  # a line cut short by a kill
-            continue
-        if isinstance(e, dict) and e.get("event") == "pruned" and e.get("epoch") == epochs_run:
-            return True
-    return False
+    events = EventLog(RunDir(folder).file(RunDir.EVENTS)).read()
+    return any(e.get("event") == "pruned" and e.get("epoch") == epochs_run for e in events)
 
 
 @dataclass
