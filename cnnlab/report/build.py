@@ -33,7 +33,8 @@ from cnnlab.report.template import GENERATOR
 from cnnlab.runs import RunDir
 
 SUMMARY = "summary.json"  # the page's headline numbers, beside index.html
-FIGURES = ("curves.png", "roc_pr.png", "reliability.png", "filters.png", "features.png", "augment.png")  # draw_*
+FIGURES = {"curves": "curves.png", "roc": "roc_pr.png", "reliability": "reliability.png", "filters": "filters.png",
+           "features": "features.png", "augment": "augment.png"}  # the page's figures (draw_figures) and their files
 IMAGES = "img"  # the shown images and Grad-CAMs (cnnlab.report.render)
 
 
@@ -72,7 +73,7 @@ def report_folder(run_dir: RunDir, out: str | Path | None) -> Path:
 
 def not_report_files(folder: Path) -> list[str]:
     """The names in a report folder that a report does not write (the folder is replaced as a whole)."""
-    own = {RunDir.REPORT_PAGE, SUMMARY, *FIGURES}
+    own = {RunDir.REPORT_PAGE, SUMMARY, *FIGURES.values()}
     return sorted(p.name for p in folder.iterdir()
                   if not ((p.name in own and p.is_file()) or (p.name == IMAGES and p.is_dir())))
 
@@ -95,24 +96,24 @@ def draw_figures(run: Run, parts: Parts, out: Path) -> None:
     """The matplotlib figures of the page, into out/ (names in parts.figures, descriptions in parts.notes)."""
     info, trace = parts.info, parts.trace
     if info.history:
-        gap = figures.learning_curves(info.history, info.best_epoch, out / "curves.png")
-        parts.figures["curves"] = "curves.png"
+        gap = figures.learning_curves(info.history, info.best_epoch, out / FIGURES["curves"])
+        parts.figures["curves"] = FIGURES["curves"]
         parts.notes["gap"] = gap_note(gap)
     if parts.scores["binary"]:
-        figures.roc_pr(parts.scores["binary"], run.class_names[1], out / "roc_pr.png")
-        parts.figures["roc"] = "roc_pr.png"
-    figures.reliability(parts.scores["calibration"], out / "reliability.png")
-    parts.figures["reliability"] = "reliability.png"
+        figures.roc_pr(parts.scores["binary"], run.class_names[1], out / FIGURES["roc"])
+        parts.figures["roc"] = FIGURES["roc"]
+    figures.reliability(parts.scores["calibration"], out / FIGURES["reliability"])
+    parts.figures["reliability"] = FIGURES["reliability"]
     weight = first_layer_weights(run.model, trace.first_layer)
     g = run.geometry
     shape = (g.channels, *g.size)
     if weight is not None and (weight.ndim == 4 or weight.shape[1] == int(np.prod(shape))):
-        parts.notes["filters"] = figures.filters(weight, shape, out / "filters.png")
-        parts.figures["filters"] = "filters.png"
+        parts.notes["filters"] = figures.filters(weight, shape, out / FIGURES["filters"])
+        parts.figures["filters"] = FIGURES["filters"]
     r = parts.rendered
     if r.feature_maps and r.feature_image is not None:
-        figures.feature_maps(r.feature_image, trace.stages, r.feature_maps, out / "features.png")
-        parts.figures["features"] = "features.png"
+        figures.feature_maps(r.feature_image, trace.stages, r.feature_maps, out / FIGURES["features"])
+        parts.figures["features"] = FIGURES["features"]
     if parts.augment:
         draw_augmentation(run, parts, out)
 
@@ -135,8 +136,8 @@ def draw_augmentation(run: Run, parts: Parts, out: Path) -> None:
     except (CnnlabError, OSError) as e:  # the training data moved or went away since the run
         parts.augment += f" (no preview: {e})"
         return
-    figures.augmentation(x, augmented, names, f"augmentation {parts.augment}", out / "augment.png")
-    parts.figures["augment"] = "augment.png"
+    figures.augmentation(x, augmented, names, f"augmentation {parts.augment}", out / FIGURES["augment"])
+    parts.figures["augment"] = FIGURES["augment"]
 
 
 def used_augmentation(run: Run) -> str | None:
