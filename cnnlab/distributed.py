@@ -126,7 +126,14 @@ def start(cfg: Config) -> torch.device | None:
         torch.cuda.set_device(device)
     torch.set_num_threads(threads_per_rank(local_world))
     tdist.init_process_group(backend, timeout=timedelta(seconds=cfg.distributed.timeout))
-    check_same_config(cfg)
+    try:
+        check_same_config(cfg)
+    except BaseException:
+        # A process that exits with its process group alive has the group's C++ threads torn down at interpreter
+        # exit, still joinable: std::terminate, SIGABRT (seen in about 1 refused rank of 5, whenever the other rank
+        # was still inside the group). Leave the group first, so the refusal is exit code 2 every time.
+        tdist.destroy_process_group()
+        raise
     return device
 
 

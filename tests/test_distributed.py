@@ -217,6 +217,32 @@ def test_a_killed_rank_stops_the_job_with_one_message_and_resume_finishes_it(tmp
     assert drop_time == [[v for k, v in row.items() if k != "time"] for row in history(tmp_path / "reference")]
 
 
+def _refused_worker(rank: int, port: int, out: str) -> None:
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "WORLD_SIZE": "2",
+                       "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": "2"})
+    import torch.distributed as tdist
+
+    from cnnlab import distributed
+    from cnnlab.config import build_config
+    from cnnlab.errors import CnnlabError
+
+    try:
+        distributed.start(build_config("digits", seed=rank))  # rank 1 runs another seed
+        error = None
+    except CnnlabError as e:
+        error = str(e)
+    Path(out, f"rank{rank}.json").write_text(json.dumps({"error": error, "group_alive": tdist.is_initialized()}))
+
+
+def test_a_refused_rank_leaves_its_process_group_before_it_exits(tmp_path):
+    """The cause of the refused rank's SIGABRT: it exited with its gloo group alive, and the group's threads were
+    torn down at interpreter exit (std::terminate) whenever the other rank was still in the group."""
+    mp.start_processes(_refused_worker, args=(free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
+    for rank in (0, 1):
+        got = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert "run a different config than rank 0" in got["error"] and got["group_alive"] is False
+
+
 def test_ranks_with_different_configs_are_refused(tmp_path):
     port = free_port()
     procs = []
