@@ -118,11 +118,17 @@ def test_two_processes_train_as_one_within_tolerance(digits_runs):
     one, two, _ = digits_runs
     a, b = history(one), history(two)
     assert len(a) == len(b) == 3
-    for ra, rb in zip(a, b):  # fp32: the same batches and updates, sums in another order
-        assert float(rb["loss"]) == pytest.approx(float(ra["loss"]), rel=1e-3)
+    # fp32: the same batches and updates, sums in another order (each rank's half batch, then the all-reduce).
+    # The first epoch (12 updates) agrees to 5 digits; later the one-cycle peak lr amplifies the last-bit
+    # differences (with torch 2.14 on this CPU: train loss 0.2937 vs 0.2929 after 3 epochs, weights within 1%).
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert float(b[0][key]) == pytest.approx(float(a[0][key]), rel=1e-4), key
+    for ra, rb in zip(a, b):
+        assert float(rb["loss"]) == pytest.approx(float(ra["loss"]), rel=1e-2)
         assert abs(float(rb["val_accuracy"]) - float(ra["val_accuracy"])) <= 2 / 359  # at most 2 of 359 images
     wa, wb = load_file(one / RunDir.LAST), load_file(two / RunDir.LAST)
-    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-3
+    scale = max(float(wa[k].abs().max()) for k in wa)
+    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 0.02 * scale
 
 
 def test_resuming_a_finished_run_with_two_processes_is_refused_once_with_exit_2(digits_runs):
