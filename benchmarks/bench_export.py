@@ -57,10 +57,11 @@ def summary(times: list[float], batch: int) -> dict[str, float]:
 
 def contenders(run: Any, export_dir: Path) -> dict[str, Any]:
     from cnnlab.recipe import build_preprocess
+    from cnnlab.runs import RunDir
     from cnnlab.runtime import OrtModel
 
     model = run.model.cpu().eval()
-    pre = build_preprocess(run.config, torch.device("cpu"), True, run.run_dir.read_whitening())
+    pre = build_preprocess(run.config, torch.device("cpu"), True, RunDir(run.dir).read_whitening())
 
     def eager(dtype):
         def call(x):

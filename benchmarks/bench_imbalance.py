@@ -40,7 +40,7 @@ import cnnlab
 from cnnlab.data.balance import resample_features
 from cnnlab.data.dataset import ImageGeometry, decode_split
 from cnnlab.data.readers import load_source, stratified_split
-from cnnlab.train.metrics import metrics_from_confusion
+from cnnlab.tasks.classification.metrics import metrics_from_confusion
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = Path(os.environ.get("CNNLAB_DATASETS", ROOT.parent / "shared" / "datasets"))
@@ -155,7 +155,7 @@ def bench_cactus(tmp: Path, args) -> dict:
                "wall_s": run.meta["bench_wall_s"]}
         if name == "threshold":
             row["threshold"] = run.metrics["threshold"]["value"]
-            run.predictor.decision_threshold = None  # the same model with argmax: the untreated row
+            run.task.decision_threshold = None  # the same model with argmax: the untreated row
             rows.append({**_cactus_eval(run, data), "treatment": "none", "wall_s": run.meta["bench_wall_s"]})
         rows.append(row)
         print(rows[-1], flush=True)

@@ -17,12 +17,10 @@ from typing import Any
 
 from cnnlab import distributed
 from cnnlab.config import Config, apply_keywords, build_config, config_to_yaml, fields
-from cnnlab.data.preprocess import Preprocess
 from cnnlab.doctor.run import before_training
 from cnnlab.errors import CnnlabError
 from cnnlab.inference import Run, load_run
-from cnnlab.prepare import prepare_data
-from cnnlab.recipe import build_model, check_model_available, resolve_normalization, seed_everything
+from cnnlab.recipe import set_up
 from cnnlab.report import report_if_asked
 from cnnlab.runs import RunDir, default_path
 from cnnlab.session import make_console, train
@@ -31,7 +29,6 @@ from cnnlab.train.callbacks import Callback
 from cnnlab.train.checkpoint import load_state
 from cnnlab.train.faults import EventLog
 from cnnlab.train.state import check_state
-from cnnlab.train.trainer import resolve_device, resolve_precision
 from cnnlab.transfer.features import FeatureSet, load_or_compute_features
 
 
@@ -188,14 +185,8 @@ def compute_features(data: str | None = None, config: Any = None, **kwargs: Any)
     """
     kwargs.setdefault("transfer__strategy", "feature-extract")
     cfg = build_config(data, config, None, caller="compute_features()", **kwargs)
-    check_model_available(cfg)
-    seed_everything(cfg.train.seed)
-    prepared = prepare_data(cfg, lambda m: None)
-    model = build_model(cfg, len(prepared.class_names), prepared.geometry)
-    norm = resolve_normalization(cfg, prepared, model)
-    device = resolve_device(cfg.train.device)
-    precision = resolve_precision(cfg.train.precision, device)
-    model.to(device)
-    preprocess = Preprocess(norm.mode, norm.mean, norm.std, device, False, norm.whitening)
-    return load_or_compute_features(model, cfg, prepared.splits, prepared.geometry, norm, preprocess, device,
-                                    precision, lambda m: None)
+    quiet = lambda m: None  # noqa: E731
+    setup = set_up(cfg, quiet)
+    setup.model.to(setup.device)
+    return load_or_compute_features(setup.model, cfg, setup.data.splits, setup.data.geometry, setup.norm,
+                                    setup.preprocess(), setup.device, setup.precision, quiet)

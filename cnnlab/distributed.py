@@ -209,9 +209,9 @@ def scaled_lr(cfg: Config, global_batch: int) -> tuple[float | None, dict[str, A
     d = cfg.distributed
     if not d.scale_lr:
         return None, None
-    from cnnlab.train.optim import DEFAULT_LR
+    from cnnlab.train.optim import resolve_lr
 
-    base = cfg.train.lr if cfg.train.lr is not None else DEFAULT_LR[cfg.train.optimizer.lower()]
+    base = resolve_lr(cfg.train.lr, cfg.train.optimizer)
     lr = base * global_batch / d.reference_batch
     return lr, {"rule": "linear", "base_lr": base, "global_batch": global_batch,
                 "reference_batch": d.reference_batch, "lr": lr}

@@ -1,8 +1,8 @@
 """A trained model and its run folder: `Run`, `load_run`, `evaluate` and `predict`.
 
     run = cnnlab.load_run("runs/...")    # everything back from a run folder alone (a Predictor, no Trainer)
-    run.evaluate()                       # val / test metrics with a confusion matrix
-    run.predict(["img1.png", "folder/"]) # labels and probabilities
+    run.evaluate()                       # val / test metrics and the task's artefacts (a classifier's matrix)
+    run.predict(["img1.png", "folder/"]) # a classifier: labels and probabilities
 """
 
 from __future__ import annotations
@@ -20,25 +20,35 @@ import torch
 from torch import nn
 
 from cnnlab.config import Config
-from cnnlab.data.dataset import ImageGeometry, decode_image, decode_split, set_max_image_pixels
-from cnnlab.data.loader import TensorBatches
+from cnnlab.data.dataset import DecodedSplit, ImageGeometry, decode_image, decode_split, set_max_image_pixels
 from cnnlab.data.readers import DataSource, list_images, load_source
 from cnnlab.errors import CnnlabError
 from cnnlab.models.rewrite import pool_before_activation
-from cnnlab.recipe import build_model, build_predictor, build_preprocess
+from cnnlab.recipe import build_predictor, build_preprocess
 from cnnlab.runs import RunDir
+from cnnlab.tasks import Task, create_task
 from cnnlab.train.checkpoint import load_weights_file
-from cnnlab.train.metrics import per_class_report
 from cnnlab.train.predictor import Predictor
 from cnnlab.train.trainer import resolve_device, resolve_precision
 
 
+class InferenceOnly:
+    """`Run.trainer` of a run loaded from its folder: it has no optimizer (evaluate and predict never build one:
+    importing torch._dynamo costs about 2 s); its `fit` says how to train from the weights."""
+
+    optimizer = None
+
+    def fit(self, *args: Any, **kwargs: Any) -> None:
+        raise CnnlabError("this model was loaded for evaluation and prediction (load_run) and has no optimizer: "
+                          "to train from its weights, use cnnlab.fit(..., weights='RUN/best.safetensors')")
+
+
 @dataclass
 class Run:
-    """A trained model with its run folder, resolved config, classes, history and metrics.
+    """A trained model with its run folder (`dir`), resolved config, classes, history and metrics.
 
-    `predictor` evaluates and predicts. `trainer` is the Trainer that trained the model in this process; for a run
-    loaded from its folder it is the Predictor (it has no optimizer; its .fit says how to train from the weights).
+    `predictor` evaluates and predicts (its `task` says what the outputs mean). `trainer` is the Trainer that
+    trained the model in this process; a run loaded from its folder has none (InferenceOnly).
     """
 
     dir: Path | None
@@ -46,18 +56,14 @@ class Run:
     class_names: list[str]
     model: nn.Module
     predictor: Predictor
-    trainer: Any = None
+    trainer: Any = field(default_factory=InferenceOnly)
     history: list[dict[str, Any]] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        if self.trainer is None:
-            self.trainer = self.predictor
-
     @property
-    def run_dir(self) -> RunDir | None:
-        return RunDir(self.dir) if self.dir is not None else None
+    def task(self) -> Task:
+        return self.predictor.task
 
     @property
     def geometry(self) -> ImageGeometry:
@@ -83,14 +89,15 @@ def load_run(path: str | Path, weights: str = "best", device: str | None = None,
     classes = run.read_classes()
     dev = resolve_device(device or cfg.train.device)
     precision = resolve_precision(precision or cfg.train.precision, dev)
+    task = create_task(cfg, classes)
     d = cfg.data
-    model = build_model(cfg, len(classes), ImageGeometry((d.image_size, d.image_size), d.channels),
-                        load_weights=False)  # the run's own weights are loaded below
+    model = task.build_model(cfg, ImageGeometry((d.image_size, d.image_size), d.channels),
+                             load_weights=False)  # the run's own weights are loaded below
     model.load_state_dict(load_weights_file(run.weights(weights)))
     pool_before_activation(model)  # exact, and faster (cnnlab.models.rewrite)
     metrics = run.read_metrics()
-    threshold = (metrics.get("threshold") or {}).get("value")
-    predictor = build_predictor(cfg, model, len(classes), dev, precision, run.read_whitening(), threshold)
+    task.restore_decision(metrics)
+    predictor = build_predictor(cfg, model, task, dev, precision, run.read_whitening())
     return Run(run.path, cfg, classes, model, predictor, metrics=metrics, meta=run.read_meta())
 
 
@@ -133,7 +140,8 @@ def open_source(run: Run, data: str | None, split: str) -> tuple[DataSource, str
 
 
 def evaluate(run: Run | str | Path, data: str | None = None, split: str = "auto") -> dict[str, Any]:
-    """Metrics, confusion matrix and per-class report of `run` on a split of `data`.
+    """The task's metrics and artefacts (a classifier: confusion matrix, per-class report) of `run` on a split of
+    `data`.
 
     split "auto": the test split if the data has one; else, for the data the run was trained on, its val split
     (recreated with the run's seed); else every image.
@@ -141,13 +149,11 @@ def evaluate(run: Run | str | Path, data: str | None = None, split: str = "auto"
     if not isinstance(run, Run):
         run = load_run(run)
     images = load_images(run, data, split)
-    dev = run.predictor.device
-    batches = TensorBatches(images.x.to(dev), images.y.to(dev), run.config.train.eval_batch_size, False)
-    logs, cm = run.predictor.evaluate(batches, prefix="")
-    if run.predictor.decision_threshold is not None:
-        logs["decision_threshold"] = run.predictor.decision_threshold
-    return {"data": images.data, "split": images.split, "count": len(images.y), **logs, "confusion_matrix": cm,
-            "per_class": per_class_report(cm, run.class_names), "skipped": images.skipped}
+    batches = run.task.make_batches(DecodedSplit(images.x, images.y, images.ids), run.config.train.eval_batch_size,
+                                    False, 0, run.predictor.device)
+    logs, artefacts = run.predictor.evaluate(batches, prefix="")
+    return {"data": images.data, "split": images.split, "count": len(images.y), **run.task.report(logs, artefacts),
+            "skipped": images.skipped}
 
 
 @dataclass
@@ -182,7 +188,8 @@ def label_map(data_classes: list[str], run_classes: list[str], data: str) -> np.
 
 def predict(run: Run | str | Path, inputs: list[str] | str, csv_path: str | None = None,
             id_format: str = "auto", backend: str = "torch") -> list[dict[str, Any]]:
-    """Predicted class and probabilities for each image; optionally a Kaggle-style CSV (id, label, probs).
+    """The task's prediction for each image (a classifier: label, confidence, probabilities); optionally a
+    Kaggle-style CSV (a classifier: id, label, probabilities).
 
     id_format: "name" (file name, as Kaggle ids usually are), "stem" (without extension), "path" (relative
     path), or "auto" (the file name). backend: "torch", or "onnx" (RUN/export/model.onnx, `cnnlab export`).
@@ -195,14 +202,11 @@ def predict(run: Run | str | Path, inputs: list[str] | str, csv_path: str | None
     predictor = backend_predictor(run, backend)
     items = list_images([str(i) for i in inputs])
     rows, skipped = [], []
-    for ids, x, bad in decoded_batches(items, run.geometry, run.config.data.resize, run.config.train.eval_batch_size):
+    batch = run.config.train.eval_batch_size
+    for ids, x, bad in decoded_batches(items, run.geometry, run.config.data.resize, batch):
         skipped += bad
-        if not ids:
-            continue
-        probs = predictor.predict_proba(x, run.config.train.eval_batch_size)
-        rows += [{"id": format_id(ident, id_format), "label": run.class_names[int(k)], "confidence": float(p[int(k)]),
-                  "probabilities": dict(zip(run.class_names, map(float, p)))}
-                 for ident, p, k in zip(ids, probs, predictor.decide(probs))]
+        if ids:
+            rows += run.task.prediction_rows([format_id(i, id_format) for i in ids], predictor.predict(x, batch))
     if not rows:
         raise CnnlabError(f"none of the {len(items)} images could be decoded")
     if csv_path:
@@ -226,7 +230,7 @@ def backend_predictor(run: Run, backend: str) -> Any:
     from cnnlab.runtime import OnnxPredictor
 
     preprocess = build_preprocess(run.config, torch.device("cpu"), False, RunDir(run.dir).read_whitening())
-    return OnnxPredictor(folder / spec["file"], spec, preprocess, run.predictor.decision_threshold)
+    return OnnxPredictor(folder / spec["file"], spec, preprocess, run.task.exporter())
 
 
 def decoded_batches(items: list[tuple[str, Any]], geom: ImageGeometry, resize: str, batch: int,
@@ -260,11 +264,12 @@ def format_id(ident: str, fmt: str) -> str:
 
 
 def write_predictions_csv(rows: list[dict[str, Any]], path: str, run: Run) -> None:
-    """Columns: id, the label column (named as in the training CSV, else 'label'), then prob_<class> each."""
-    label_col = (run.run_dir.label_col() if run.dir is not None and (Path(run.dir) / RunDir.CONFIG).is_file()
+    """The task's columns (a classifier: id, the label column named as in the training CSV, else 'label', then
+    prob_<class> each), a row per prediction."""
+    label_col = (RunDir(run.dir).label_col() if run.dir is not None and (Path(run.dir) / RunDir.CONFIG).is_file()
                  else None) or run.config.data.label_col or "label"
     with open(Path(path), "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(["id", label_col, *(f"prob_{c}" for c in run.class_names)])
+        writer.writerow(run.task.csv_columns(label_col))
         for r in rows:
-            writer.writerow([r["id"], r["label"], *(f"{r['probabilities'][c]:.6f}" for c in run.class_names)])
+            writer.writerow(run.task.csv_row(r))

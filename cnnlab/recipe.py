@@ -1,11 +1,15 @@
-"""From a Config to what a run is built of: the one resolve step, and the builders that read its result.
+"""From a Config to what a run is built of: the front half every command shares, the one resolve step, and the
+builders that read its result.
+
+`set_up` is the front half of `cnnlab train`, `cnnlab doctor` and `compute_features`: the device, the data, the
+task, the model (the global seed set once, right before it is built), its normalization.
 
 `resolve` is the only place the user's config becomes the run's final config: it takes the user's config and what
-the data (geometry, statistics), the model (its mean / std), the balance plan (loss, class weights, monitor), the
-transfer plan (the strategy `auto` chose) and the loop (batch size, epochs) decided, and returns a frozen Config.
-That is what config.yaml holds; every builder below reads it and none writes it. `build_model` runs before the
-resolve (it needs only the geometry), so it takes the geometry as an argument. The trainer, its optimizer,
-schedule, loss, preprocessing and checkpointer are built from the resolved config.
+the data (geometry, statistics), the model (its mean / std), the task (a classifier's balance plan: loss, class
+weights, monitor), the transfer plan (the strategy `auto` chose) and the loop (batch size, epochs, learning rate)
+decided, and returns a frozen Config. That is what config.yaml holds; every builder below reads it and none writes
+it. The model is built before the resolve (it needs only the geometry). The trainer, its optimizer, schedule, loss,
+preprocessing and checkpointer are built from the resolved config.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,24 +27,20 @@ from rich.console import Console
 from torch import nn
 
 from cnnlab.config import Config
-from cnnlab.data.balance import BalancePlan
-from cnnlab.data.dataset import ImageGeometry
 from cnnlab.data.preprocess import Normalization, Preprocess
-from cnnlab.errors import CnnlabError
-from cnnlab.models import create_model
 from cnnlab.models.base import IMAGENET_CFG, has_conv
 from cnnlab.models.layers import weight_decay_groups
-from cnnlab.prepare import PreparedData
+from cnnlab.prepare import PreparedData, prepare_data
 from cnnlab.runs import RunDir
+from cnnlab.tasks import Task, create_task
 from cnnlab.train import dist
 from cnnlab.train.autosave import RunCheckpointer
 from cnnlab.train.callbacks import Callback
 from cnnlab.train.faults import EventLog
-from cnnlab.train.losses import REGRESSION_LOSSES, create_loss
-from cnnlab.train.optim import create_optimizer, create_scheduler
+from cnnlab.train.optim import create_optimizer, create_scheduler, resolve_lr
 from cnnlab.train.predictor import Predictor
-from cnnlab.train.trainer import Trainer
-from cnnlab.transfer.heads import FeatureTrainer, apply_head
+from cnnlab.train.trainer import Trainer, resolve_device, resolve_precision
+from cnnlab.transfer.heads import FeatureTrainer
 from cnnlab.transfer.strategy import TransferPlan
 
 
@@ -68,31 +69,44 @@ def check_model_available(cfg: Config) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------------
-# the model (before resolve: it needs only the geometry)
+# the front half (before resolve)
 
 
-def build_model(cfg: Config, num_classes: int, geometry: ImageGeometry, log: Callable[[str], None] | None = None,
-                load_weights: bool = True) -> nn.Module:
-    """create_model from cfg.model, plus --weights (unless `load_weights` is off) and a transfer head."""
-    h, w = geometry.size
-    model = create_model(cfg.model.name, num_classes, in_chans=geometry.channels, input_size=(h, w),
-                         pretrained=cfg.model.pretrained and load_weights, **cfg.model.kwargs)
-    if cfg.model.weights and load_weights:
-        skip = cfg.model.skip_head if cfg.model.skip_head is not None else cfg.transfer.strategy != "none"
-        report = load_initial_weights(model, cfg.model.weights, skip_head=skip, allow_partial=cfg.model.allow_partial)
-        if log is not None and report is not None:
-            log(str(report))
-    apply_head(model, cfg, num_classes)
-    return model
+@dataclass
+class Setup:
+    """What a run, the doctor and compute_features start from: device and precision, the prepared data, the task,
+    the model and the normalization its inputs get."""
+
+    device: torch.device
+    precision: str
+    data: PreparedData
+    training: PreparedData  # what training reads: `data`, or a copy with the task's additions (SMOTE images)
+    task: Task
+    model: nn.Module
+    norm: Normalization
+
+    def preprocess(self, device: torch.device | None = None, channels_last: bool = False) -> Preprocess:
+        """The preprocessing of the model's inputs (on `device`, default the setup's)."""
+        return Preprocess(self.norm, device or self.device, channels_last)
 
 
-def load_initial_weights(model: nn.Module, path: str, skip_head: bool = False, allow_partial: bool = False):
-    """Load a checkpoint (strict unless allow_partial); skip_head keeps the model's new classifier."""
-    if not Path(path).is_file():
-        raise CnnlabError(f"weights file not found: {path}")
-    from cnnlab.models.weights import load_weights  # third-party checkpoints (key mapping, reports)
-
-    return load_weights(model, path, allow_partial=allow_partial, skip_head=skip_head)
+def set_up(cfg: Config, log: Callable[[str], None], *, device: torch.device | None = None, plan: bool = False,
+           load_weights: bool = True, module: nn.Module | None = None) -> Setup:
+    """Device, data, task (with `plan`: its data decisions, e.g. the balance plan and SMOTE), model and
+    normalization, as every command builds them. The global seed is set once, right before the model is built
+    (nothing before it draws from the global generators). `module`: a model to use instead of building one."""
+    device = device or resolve_device(cfg.train.device)
+    precision = resolve_precision(cfg.train.precision, device)
+    check_model_available(cfg)
+    data = prepare_data(cfg, log)
+    task = create_task(cfg, data.class_names)
+    training = data
+    if plan:
+        task.plan(cfg, data, log)
+        training = task.training_data(cfg, data, log)
+    seed_everything(cfg.train.seed)
+    model = module if module is not None else task.build_model(cfg, data.geometry, log, load_weights)
+    return Setup(device, precision, data, training, task, model, resolve_normalization(cfg, data, model))
 
 
 def resolve_normalization(cfg: Config, data: PreparedData, model: nn.Module) -> Normalization:
@@ -111,34 +125,27 @@ def resolve_normalization(cfg: Config, data: PreparedData, model: nn.Module) -> 
 # the one resolve step
 
 
-def resolve(cfg: Config, *, data: PreparedData, norm: Normalization, balance: BalancePlan, strategy: str,
+def resolve(cfg: Config, *, data: PreparedData, norm: Normalization, task: Task, strategy: str,
             batch_size: int | str, epochs: int, out: str | Path, lr: float | None = None) -> Config:
     """The run's final config: `cfg` plus every decision, frozen. Resolving a resolved config changes nothing.
 
     `lr`: a learning rate decided for the run (the distributed scale_lr rule); once applied the rule is off.
+    Otherwise train.lr becomes a number (the optimizer's default when none was given).
     """
     final = cfg.copy()
     if lr is not None:
         final.train.lr, final.distributed.scale_lr = lr, False
+    final.train.lr = resolve_lr(final.train.lr, final.train.optimizer)
     d = final.data
     d.image_size, d.channels = data.geometry.size[0], data.geometry.channels
     d.normalize, d.mean, d.std = norm.mode, norm.mean, norm.std
-    b = final.balance
-    b.methods, b.weights = list(balance.methods), balance.weights
-    final.train.loss = balance.loss
-    final.callbacks.monitor = concrete_monitor(balance.monitor, "val" in data.splits)
+    task.resolve(final, "val" in data.splits)  # the classifier: balance methods, class weights, loss, monitor
     final.transfer.strategy = strategy
     final.train.batch_size, final.train.epochs = batch_size, epochs
     final.out = str(out)
     pin_local_paths(final)
     final.freeze()
     return final
-
-
-def concrete_monitor(monitor: str, has_val: bool) -> str:
-    if monitor != "auto":
-        return monitor
-    return "val_accuracy" if has_val else "accuracy"
 
 
 def pin_local_paths(cfg: Config) -> None:
@@ -157,23 +164,11 @@ def pin_local_paths(cfg: Config) -> None:
 # builders: they read the resolved config
 
 
-def build_loss(cfg: Config, num_classes: int) -> nn.Module:
-    """The loss of cfg.train, with the class weights of cfg.balance."""
-    b = cfg.balance
-    weight = torch.tensor(b.weights, dtype=torch.float32) if b.weights is not None else None
-    extra = {"gamma": b.focal_gamma} if cfg.train.loss == "focal" else {}
-    return create_loss(cfg.train.loss, num_classes, label_smoothing=cfg.train.label_smoothing, weight=weight,
-                       **extra)
-
-
-def is_regression_loss(cfg: Config) -> bool:
-    return cfg.train.loss in REGRESSION_LOSSES
-
-
 def build_preprocess(cfg: Config, device: torch.device, channels_last: bool,
                      whitening: dict[str, torch.Tensor] | None = None) -> Preprocess:
     """The batch preprocessing of cfg.data.normalize (whitening: the run's fitted map, preprocess.safetensors)."""
-    return Preprocess(cfg.data.normalize, cfg.data.mean, cfg.data.std, device, channels_last, whitening)
+    d = cfg.data
+    return Preprocess(Normalization(d.normalize, d.mean, d.std, whitening), device, channels_last)
 
 
 def build_optimizer(cfg: Config, model: nn.Module, param_groups: list[dict[str, Any]] | None = None):
@@ -197,34 +192,24 @@ def build_checkpointer(cfg: Config, run: RunDir) -> RunCheckpointer:
                            t.nan_retries, t.nan_lr_factor)
 
 
-def build_trainer(cfg: Config, model: nn.Module, num_classes: int, device: torch.device, precision: str,
-                  callbacks: list[Callback], console: Console, *, whitening: dict | None, augment: Any,
-                  tplan: TransferPlan | None, checkpointer: RunCheckpointer | None, steps_per_epoch: int,
-                  headline_metrics: list[str]) -> Trainer:
+def build_trainer(cfg: Config, setup: Setup, callbacks: list[Callback], console: Console, *, augment: Any,
+                  tplan: TransferPlan | None, checkpointer: RunCheckpointer | None, steps_per_epoch: int) -> Trainer:
     """The Trainer of the model (or, for feature extraction, of its head on cached features) with its schedule."""
-    loss_fn = build_loss(cfg, num_classes).to(device)
-    common = {"num_classes": num_classes, "callbacks": callbacks, "top_k": cfg.train.top_k,
-              "regression": is_regression_loss(cfg), "grad_clip": cfg.train.grad_clip, "console": console,
-              "headline_metrics": headline_metrics}
-    if tplan is not None and tplan.feature_splits is not None:  # only the head trains, on features in memory
+    task, model, device = setup.task, setup.model, setup.device
+    if tplan is not None and tplan.on_features:  # only the head trains, on features in memory
         head = model.get_classifier().to(device)
         optimizer = build_optimizer(cfg, head, list(head.parameters()))
-        return FeatureTrainer(model, head, loss_fn=loss_fn, optimizer=optimizer, preprocess=lambda x: x,
-                              device=device, precision="fp32",
-                              scheduler=build_scheduler(cfg, optimizer, steps_per_epoch), **common)
-    channels_last = has_conv(model)
-    model.to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
+        return FeatureTrainer(model, Predictor(head, task.setup(cfg, device), lambda x: x, device, "fp32"), optimizer,
+                              scheduler=build_scheduler(cfg, optimizer, steps_per_epoch), callbacks=callbacks,
+                              grad_clip=cfg.train.grad_clip, console=console)
+    predictor = build_predictor(cfg, model, task, device, setup.precision, setup.norm.whitening)
     optimizer = build_optimizer(cfg, model, tplan.param_groups if tplan is not None else None)
-    common["train_model"] = wrap_distributed(cfg, model, device)
     if checkpointer is not None:
-        common["callbacks"] = [*callbacks, checkpointer]  # last: it saves every other callback's state
-    return Trainer(model, loss_fn, optimizer, preprocess=build_preprocess(cfg, device, channels_last, whitening),
-                   augment=augment, device=device, precision=precision,
-                   scheduler=build_scheduler(cfg, optimizer, steps_per_epoch),
-                   recovery=checkpointer.guard if checkpointer is not None else None,
-                   events=checkpointer.events if checkpointer is not None else None, **common)
+        callbacks = [*callbacks, checkpointer]  # last: it saves every other callback's state
+    return Trainer(predictor, optimizer, scheduler=build_scheduler(cfg, optimizer, steps_per_epoch),
+                   callbacks=callbacks, augment=augment, grad_clip=cfg.train.grad_clip,
+                   recovery=checkpointer.guard if checkpointer is not None else None, console=console,
+                   train_model=wrap_distributed(cfg, model, device))
 
 
 def wrap_distributed(cfg: Config, model: nn.Module, device: torch.device) -> nn.Module | None:
@@ -246,13 +231,13 @@ def build_scheduler(cfg: Config, optimizer: torch.optim.Optimizer, steps_per_epo
                             step_size=t.step_size, gamma=t.gamma)
 
 
-def build_predictor(cfg: Config, model: nn.Module, num_classes: int, device: torch.device, precision: str,
-                    whitening: dict | None = None, decision_threshold: float | None = None) -> Predictor:
-    """The Predictor of a trained full model on `device` (channels_last when it convolves)."""
+def build_predictor(cfg: Config, model: nn.Module, task: Task, device: torch.device, precision: str,
+                    whitening: dict | None = None) -> Predictor:
+    """The Predictor of a trained full model on `device` (channels_last when it convolves), its task bound to
+    `cfg` on `device`."""
     channels_last = has_conv(model)
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    return Predictor(model, build_preprocess(cfg, device, channels_last, whitening), device, precision,
-                     num_classes=num_classes, loss_fn=build_loss(cfg, num_classes).to(device), top_k=cfg.train.top_k,
-                     regression=is_regression_loss(cfg), decision_threshold=decision_threshold)
+    return Predictor(model, task.setup(cfg, device), build_preprocess(cfg, device, channels_last, whitening),
+                     device, precision)

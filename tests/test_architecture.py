@@ -88,7 +88,7 @@ def test_the_lower_floors_never_import_the_top_layer():
     top = {"cnnlab.api", "cnnlab.session", "cnnlab.recipe", "cnnlab.inference", "cnnlab.runs", "cnnlab.cli",
            "cnnlab.prepare", "cnnlab.results", "cnnlab.tune", "cnnlab.doctor", "cnnlab.report", "cnnlab.export"}
     graph = import_graph()
-    for floor in ("cnnlab.data", "cnnlab.models", "cnnlab.train", "cnnlab.transfer", "cnnlab.config"):
+    for floor in ("cnnlab.data", "cnnlab.models", "cnnlab.train", "cnnlab.transfer", "cnnlab.tasks", "cnnlab.config"):
         assert not graph.get(floor, set()) & top, (floor, graph.get(floor, set()) & top)
 
 
@@ -111,7 +111,9 @@ def test_modules_and_functions_stay_readable():
 
 
 @pytest.mark.parametrize("module,registry", [("cnnlab.models.registry", "MODELS"), ("cnnlab.train.optim", "OPTIMIZERS"),
-                                             ("cnnlab.train.optim", "SCHEDULES"), ("cnnlab.train.losses", "LOSSES")])
+                                             ("cnnlab.train.optim", "SCHEDULES"),
+                                             ("cnnlab.tasks.classification.losses", "LOSSES"),
+                                             ("cnnlab.tasks.base", "TASKS")])
 def test_registered_names_read_from_source_equal_the_registered_ones(module, registry):
     import importlib
 
@@ -120,11 +122,14 @@ def test_registered_names_read_from_source_equal_the_registered_ones(module, reg
     reg = getattr(importlib.import_module(module), registry)
     reg.load()
     registered = set(reg.registered())
-    if registry == "MODELS":
+    if registry in ("MODELS", "TASKS"):
+        from cnnlab.config.schema import TASK_MODULES
         from cnnlab.models.registry import ARCHITECTURES
         from cnnlab.registry import scan_registrations
 
-        scanned = {n for m in ARCHITECTURES for n in scan_registrations(m, "register_model")}
+        modules, decorator = (ARCHITECTURES, "register_model") if registry == "MODELS" else (TASK_MODULES,
+                                                                                              "register_task")
+        scanned = {n for m in modules for n in scan_registrations(m, decorator)}
     else:
         path = {"OPTIMIZERS": "train.optimizer", "SCHEDULES": "train.schedule", "LOSSES": "train.loss"}[registry]
         scanned = set(next(f for f in fields() if f.path == path).choices())

@@ -27,7 +27,7 @@ from cnnlab.data.balance import (
 from cnnlab.data.loader import TensorBatches
 from cnnlab.data.samplers import OversampleSampler, UndersampleSampler
 from cnnlab.errors import CnnlabError
-from cnnlab.train.losses import create_loss
+from cnnlab.tasks.classification.losses import create_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -235,9 +235,9 @@ def test_binary_run_reports_roc_auc_and_moves_the_threshold(tmp_path):
     t = m["threshold"]["value"]
     assert 0.0 < t < 1.0
     loaded = load_run(tmp_path / "run")
-    assert loaded.trainer.decision_threshold == t
+    assert loaded.task.decision_threshold == t
     probs = torch.tensor([[1 - t - 1e-3, t + 1e-3], [1 - t + 1e-3, t - 1e-3]])
-    assert loaded.trainer.decide(probs).tolist() == [1, 0]  # predict's decision follows the threshold
+    assert loaded.predictor.decide(probs).tolist() == [1, 0]  # predict's decision follows the threshold
     result = loaded.evaluate()
     assert result["decision_threshold"] == t
     assert result["balanced_accuracy"] == pytest.approx(m["test"]["balanced_accuracy"])

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from cnnlab.tasks.classification import classification_task
 from cnnlab.train.callbacks import (
     CSVLogger,
     EarlyStopping,
@@ -18,14 +19,15 @@ from cnnlab.train.callbacks import (
     TensorBoard,
 )
 from cnnlab.train.optim import create_scheduler
+from cnnlab.train.predictor import Predictor
 from cnnlab.train.trainer import Trainer
 
 
 def make_trainer(callbacks) -> Trainer:
     model = nn.Linear(4, 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    trainer = Trainer(model, nn.CrossEntropyLoss(), opt, num_classes=2, preprocess=lambda x: x.float(),
-                      device=torch.device("cpu"), callbacks=callbacks)
+    trainer = Trainer(Predictor(model, classification_task(2), lambda x: x.float(), torch.device("cpu")), opt,
+                      callbacks=callbacks)
     trainer.scheduler = create_scheduler("constant", opt, 100, 10)
     trainer.epochs = 10
     return trainer

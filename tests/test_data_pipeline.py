@@ -14,7 +14,7 @@ import cnnlab.data.cache as cache_mod
 from cnnlab.api import fit
 from cnnlab.config import AugmentConfig, Config
 from cnnlab.data.augment import PRESETS, Augmenter, step_seed
-from cnnlab.data.preprocess import Preprocess, fit_whitening
+from cnnlab.data.preprocess import Normalization, Preprocess, fit_whitening
 from cnnlab.data.stream import StreamBatches, StreamedSplit
 from cnnlab.errors import CnnlabError
 from cnnlab.inference import evaluate
@@ -62,7 +62,7 @@ def test_zca_whitening_decorrelates_the_training_sample():
     base = torch.randint(0, 256, (400, 1, 4, 4), generator=g).float()
     x = (base * 0.7 + base.roll(1, dims=3) * 0.3).to(torch.uint8)  # correlated neighbouring pixels
     white = fit_whitening(x, "zca", eps=1e-6)
-    out = Preprocess("zca", None, None, torch.device("cpu"), False, white)(x).reshape(400, -1).double()
+    out = Preprocess(Normalization("zca", whitening=white), torch.device("cpu"), False)(x).reshape(400, -1).double()
     cov = torch.cov(out.T)
     assert torch.allclose(cov, torch.eye(16, dtype=torch.float64), atol=0.02)
     with pytest.raises(CnnlabError, match="small images"):
@@ -71,9 +71,9 @@ def test_zca_whitening_decorrelates_the_training_sample():
 
 def test_per_image_and_zero_center_modes():
     x = torch.randint(0, 256, (5, 3, 6, 6), dtype=torch.uint8)
-    per = Preprocess("per_image", None, None, torch.device("cpu"), False)(x)
+    per = Preprocess(Normalization("per_image"), torch.device("cpu"), False)(x)
     assert per.mean(dim=(1, 2, 3)).abs().max() < 1e-5
-    zc = Preprocess("zero_center", [0.5, 0.25, 0.0], [1.0, 1.0, 1.0], torch.device("cpu"), False)(x)
+    zc = Preprocess(Normalization("zero_center", [0.5, 0.25, 0.0], [1.0, 1.0, 1.0]), torch.device("cpu"), False)(x)
     assert torch.allclose(zc, x.float() / 255 - torch.tensor([0.5, 0.25, 0.0]).view(1, 3, 1, 1), atol=1e-6)
 
 

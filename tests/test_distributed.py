@@ -45,15 +45,16 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 
     from cnnlab.data.loader import TensorBatches
     from cnnlab.models import create_model
+    from cnnlab.tasks.classification import classification_task
     from cnnlab.train.predictor import Predictor
     from cnnlab.transfer.features import extract_features
 
     torch.set_num_threads(1)
     tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     x, y, model = _data_and_model(create_model)
-    predictor = Predictor(model, lambda b: b.float() / 255, torch.device("cpu"), num_classes=3,
-                          loss_fn=torch.nn.CrossEntropyLoss())
-    logs, cm = predictor.evaluate(TensorBatches(x, y, 50, False, shard=(rank, world)), prefix="")
+    predictor = Predictor(model, classification_task(3), lambda b: b.float() / 255, torch.device("cpu"))
+    logs, artefacts = predictor.evaluate(TensorBatches(x, y, 50, False, shard=(rank, world)), prefix="")
+    cm = artefacts["confusion_matrix"]
     lo, hi = (0, 103) if rank == 0 else (103, 205)
     from cnnlab.train import dist
 
@@ -75,6 +76,7 @@ def _data_and_model(create_model):
 def test_distributed_evaluation_counts_every_image_once_and_equals_one_process(tmp_path):
     from cnnlab.data.loader import TensorBatches
     from cnnlab.models import create_model
+    from cnnlab.tasks.classification import classification_task
     from cnnlab.train.predictor import Predictor
     from cnnlab.transfer.features import extract_features
 
@@ -82,9 +84,9 @@ def test_distributed_evaluation_counts_every_image_once_and_equals_one_process(t
     mp.start_processes(_worker, args=(2, free_port(), str(out)), nprocs=2, start_method="spawn")
     got = torch.load(out, weights_only=False)
     x, y, model = _data_and_model(create_model)
-    single = Predictor(model, lambda b: b.float() / 255, torch.device("cpu"), num_classes=3,
-                       loss_fn=torch.nn.CrossEntropyLoss())
-    logs, cm = single.evaluate(TensorBatches(x, y, 50, False), prefix="")
+    single = Predictor(model, classification_task(3), lambda b: b.float() / 255, torch.device("cpu"))
+    logs, artefacts = single.evaluate(TensorBatches(x, y, 50, False), prefix="")
+    cm = artefacts["confusion_matrix"]
     assert got["cm"] == cm and sum(map(sum, cm)) == 205  # every image once: no padding, no duplicate
     assert got["logs"]["accuracy"] == logs["accuracy"] and got["logs"]["f1"] == logs["f1"]
     assert got["logs"]["loss"] == pytest.approx(logs["loss"], rel=1e-5)

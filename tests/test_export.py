@@ -15,6 +15,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.export import export_run, parity
 from cnnlab.inference import load_images
 from cnnlab.runs import RunDir
+from cnnlab.tasks.classification.outputs import MAX_PROB_DIFF
 
 ort = pytest.importorskip("onnxruntime")
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -99,7 +100,7 @@ def test_predict_with_onnx_runtime_equals_pytorch(digits_run, tmp_path):
     assert [r["label"] for r in onnx_rows] == [r["label"] for r in torch_rows]
     worst = max(abs(a["probabilities"][c] - b["probabilities"][c]) for a, b in zip(torch_rows, onnx_rows)
                 for c in run.class_names)
-    assert worst <= parity.MAX_PROB_DIFF
+    assert worst <= MAX_PROB_DIFF
 
 
 def test_int8_is_reported_not_gated(digits_run):

@@ -13,9 +13,11 @@ import torch
 
 import cnnlab
 from cnnlab.errors import CnnlabError
+from cnnlab.tasks.classification import classification_task
 from cnnlab.train import checkpoint as ckpt
 from cnnlab.train.callbacks import Callback
 from cnnlab.train.faults import EventLog
+from cnnlab.train.predictor import Predictor
 from cnnlab.train.state import check_state
 from cnnlab.train.trainer import Trainer
 
@@ -185,8 +187,8 @@ def test_cuda_oom_splits_the_batch_and_keeps_training(data, tmp_path):
 def test_split_batch_gives_the_full_batch_gradient():
     torch.manual_seed(0)
     model = cnnlab.create_model("mlp", 4, in_chans=1, input_size=(8, 8))
-    trainer = Trainer(model, torch.nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.1),
-                      num_classes=4, preprocess=lambda x: x, device=torch.device("cpu"))
+    trainer = Trainer(Predictor(model, classification_task(4), lambda x: x, torch.device("cpu")),
+                      torch.optim.SGD(model.parameters(), lr=0.1))
     model.eval()  # no dropout: every split sees the same function
     x, y = torch.randn(12, 1, 8, 8), torch.randint(0, 4, (12,))
     grads, losses = [], []

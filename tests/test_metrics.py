@@ -8,7 +8,7 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from cnnlab.train.metrics import average_precision, binary_scores, roc_auc
+from cnnlab.tasks.classification.metrics import average_precision, binary_scores, roc_auc
 
 
 @pytest.mark.parametrize("ties", ["none", "rounded", "all equal"])

@@ -19,7 +19,8 @@ NEEDS = {"transfer.strategy": {"weights": "w.pt"}, "transfer.head": {"weights": 
 SPECIAL = {"data.source": "cifar10", "model.name": "lenet5", "model.kwargs": {"dropout": 0.3},
            "train.device": "cpu", "callbacks.monitor": "val_loss", "data.mean": [0.5, 0.4, 0.3],
            "data.std": [0.2, 0.2, 0.25], "balance.weights": [1.0, 2.5], "balance.methods": ["oversample"],
-           "train.epochs": 7, "train.batch_size": 16, "transfer.head": "logreg", "out": "runs/options-test"}
+           "train.epochs": 7, "train.batch_size": 16, "transfer.head": "logreg", "out": "runs/options-test",
+           "task": "mypackage.tasks:MyTask"}
 
 
 def sample(f: Field):

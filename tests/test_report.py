@@ -170,7 +170,7 @@ def test_macro_f1_averages_over_the_classes_present_as_training_and_evaluate_do(
     """A class with no image in the split and none predicted does not count (metrics_from_confusion's rule, which
     val_f1 in metrics.json and evaluate's f1 use)."""
     from cnnlab.report.collect import Predictions, split_scores
-    from cnnlab.train.metrics import metrics_from_confusion
+    from cnnlab.tasks.classification.metrics import metrics_from_confusion
 
     labels = np.array([0, 0, 1, 1, 1])
     pred = np.array([0, 1, 1, 1, 1])

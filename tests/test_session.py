@@ -47,7 +47,7 @@ def test_the_resolved_config_is_read_only_and_is_what_config_yaml_holds(run):
     assert cfg.balance.methods == ["class_weights"] and len(cfg.balance.weights) == 10
     copy = cfg.copy()
     copy.train.lr = 0.5  # a copy can be changed
-    assert cfg.train.lr is None
+    assert cfg.train.lr == 0.003  # the run's own stays: adam's default, resolved to a number
 
 
 def test_resolving_a_resolved_config_changes_nothing(run, tmp_path):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
 
 from cnnlab.errors import CnnlabError
 
@@ -40,38 +39,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=predict)
 
 
-def print_evaluation(result: dict[str, Any], class_names: list[str]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console(highlight=False)
-    keys = [k for k in ("loss", "accuracy", "balanced_accuracy", "precision", "recall", "f1") if k in result]
-    keys += [k for k in result if k.startswith("top") or k in ("roc_auc", "pr_auc", "decision_threshold", "mse", "mae")]
-    console.print(f"{result['data']} [{result['split']}], {result['count']} images: "
-                  + "  ".join(f"{k} {result[k]:.4f}" for k in keys), soft_wrap=True, markup=False)
-    per = Table(title="per class")
-    for col in ("class", "precision", "recall", "f1", "support"):
-        per.add_column(col, justify="left" if col == "class" else "right")
-    for row in result["per_class"]:
-        per.add_row(row["class"], f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
-                    str(row["support"]))
-    console.print(per)
-    cm = Table(title="confusion matrix (rows: true, columns: predicted)")
-    cm.add_column("")
-    for name in class_names:
-        cm.add_column(name[:10], justify="right")
-    for name, row in zip(class_names, result["confusion_matrix"]):
-        cm.add_row(name[:16], *map(str, row))
-    console.print(cm)
-
-
 def evaluate(args: argparse.Namespace) -> int:
     from cnnlab.inference import evaluate, load_run
 
     check_output_file(args.json, "--json")
+    from rich.console import Console
+
     run = load_run(args.run, weights=args.weights, device=args.device, precision=args.precision)
     result = evaluate(run, args.data, args.split)
-    print_evaluation(result, run.class_names)
+    run.task.print_evaluation(result, Console(highlight=False))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(result, f, indent=2)

@@ -35,6 +35,8 @@ BALANCE_METHODS = {
     "adasyn": "ADASYN on the flattened pixels of the train split",
     "threshold": "binary: decision threshold maximizing val balanced accuracy",
 }
+# The modules whose import registers the built-in tasks (cnnlab.tasks.base.TASKS), read here from their source.
+TASK_MODULES = ("cnnlab.tasks.classification.task",)
 STRATEGIES = ("none", "feature-extract", "fine-tune", "full", "auto")
 HEADS = ("linear", "mlp", "logreg")
 
@@ -42,6 +44,14 @@ HEADS = ("linear", "mlp", "logreg")
 def registered(module: str, decorator: str):
     """Choices that are the names a module registers (read from its source, without importing it)."""
     return lambda: sorted(scan_registrations(module, decorator))
+
+
+def task_name(v: str) -> str | None:
+    """A registered task, or `package.module:Class` (a cnnlab.tasks.Task subclass, checked when it is built)."""
+    known = sorted({n for m in TASK_MODULES for n in scan_registrations(m, "register_task")})
+    if ":" in v or v in known:
+        return None
+    return f"must be a task ({', '.join(known)}) or a cnnlab.tasks.Task subclass as package.module:Class"
 
 
 def parse_methods(methods: list[str] | str) -> list[str]:
@@ -176,7 +186,8 @@ class TrainConfig(Section):
     step_size: int = option(10, "epochs between drops of the step schedule", check=positive)
     gamma: float = option(0.1, "drop factor of the step schedule", flag="--step-gamma", keyword="step_gamma",
                           check=positive)
-    loss: str = option("cross_entropy", "loss function", choices=registered("cnnlab.train.losses", "LOSSES.register"))
+    loss: str = option("cross_entropy", "loss function",
+                       choices=registered("cnnlab.tasks.classification.losses", "LOSSES.register"))
     label_smoothing: float = option(0.0, "label smoothing of the cross-entropy", check=fraction)
     top_k: int = option(5, "k of the top-k accuracy", check=positive)
     grad_clip: float | None = option(None, "clip the gradient norm to this", check=positive)
@@ -283,6 +294,8 @@ class Config(Section):
     balance: BalanceConfig = field(default_factory=BalanceConfig)
     transfer: TransferConfig = field(default_factory=TransferConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    task: str = option("classify", "what the model learns: classify (one class per image), or a "
+                       "cnnlab.tasks.Task subclass as package.module:Class", check=task_name)
     out: str | None = option(None, "run folder (default runs/<time>-<model>); never overwritten")
     verbose: int = option(1, "0 silent, 1 progress bar and epoch lines, 2 epoch lines only (as Keras)",
                           choices=(0, 1, 2))

@@ -85,10 +85,12 @@ def fit_whitening(sample: torch.Tensor, mode: str, eps: float) -> dict[str, torc
 
 
 class Preprocess:
-    """uint8 (B, C, H, W) -> float (B, C, H, W) on `device`, optionally channels_last."""
+    """uint8 (B, C, H, W) -> float (B, C, H, W) on `device`, optionally channels_last; a list of (C, H, W) images
+    of different sizes -> a list. The one place a Normalization becomes arithmetic (training, evaluation, the
+    doctor, bottleneck features, export)."""
 
-    def __init__(self, mode: str, mean: list[float] | None, std: list[float] | None, device: torch.device,
-                 channels_last: bool = True, whitening: dict[str, torch.Tensor] | None = None) -> None:
+    def __init__(self, norm: Normalization, device: torch.device, channels_last: bool = True) -> None:
+        mode, mean, std, whitening = norm.mode, norm.mean, norm.std, norm.whitening
         if mode not in NORMALIZE_MODES:
             raise CnnlabError(f"unknown data.normalize '{mode}': use {', '.join(NORMALIZE_MODES)}")
         self.mode, self.channels_last = mode, channels_last
@@ -108,7 +110,9 @@ class Preprocess:
         self.scale = 1.0 / (255.0 * s)  # x * scale + shift == (x / 255 - mean) / std
         self.shift = -m / s
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor | list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+        if isinstance(x, (list, tuple)):  # images of different sizes (a detection batch): each on its own
+            return [self(image[None])[0] for image in x]
         if self.mode in WHITEN_MODES:
             b = x.shape[0]
             flat = x.reshape(b, -1).float().div_(255).sub_(self.white_mean)

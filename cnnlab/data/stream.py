@@ -8,11 +8,11 @@ the same results whether its data fit in memory or not. Rows come from the decod
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -140,13 +140,16 @@ class _EpochBatchSampler(Sampler):
 
 
 class StreamBatches(TensorBatches):
-    """Mini-batches streamed from a Dataset by a DataLoader, moved to `device`; same order as TensorBatches."""
+    """Mini-batches streamed from a Dataset by a DataLoader, moved to `device`; same order as TensorBatches.
+    `targets`: what a batch of labels becomes (a task's targets; default the labels)."""
 
     def __init__(self, dataset: Dataset, y: torch.Tensor, batch_size: int | str, shuffle: bool, seed: int = 0,
                  device: torch.device | None = None, workers: int = 2, prefetch: int = 4,
-                 sampler: BalanceSampler | None = None, shard: tuple[int, int] | None = None):
+                 sampler: BalanceSampler | None = None, shard: tuple[int, int] | None = None,
+                 targets: Callable[[torch.Tensor], Any] | None = None):
         super().__init__(None, y, batch_size, shuffle, seed, sampler=sampler, shard=shard)
         self.dataset, self.device = dataset, device or torch.device("cpu")
+        self.targets = targets
         self.batch_sampler = _EpochBatchSampler(self)
         pin = self.device.type == "cuda"
         extra = {"persistent_workers": True, "prefetch_factor": prefetch} if workers > 0 else {}
@@ -156,19 +159,21 @@ class StreamBatches(TensorBatches):
     def batches(self, epoch: int = 0, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self.batch_sampler.epoch, self.batch_sampler.start_step = epoch, start_step
         for xb, yb in self.loader:
+            yb = yb if self.targets is None else self.targets(yb)
             yield xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True)
 
 
 def make_batches(split: DecodedSplit | StreamedSplit, batch_size: int | str, shuffle: bool, seed: int,
                  device: torch.device, workers: int = 2, sampler: BalanceSampler | None = None,
-                 shard: tuple[int, int] | None = None) -> TensorBatches:
+                 shard: tuple[int, int] | None = None,
+                 targets: Callable[[torch.Tensor], Any] | None = None) -> TensorBatches:
     """TensorBatches on `device` for a split in memory, StreamBatches for a streamed one; `shard` (rank, world):
-    this rank's part of every global batch."""
+    this rank's part of every global batch; `targets`: labels -> a task's targets (a tensor; default the labels)."""
     if isinstance(split, StreamedSplit):
         return StreamBatches(split.dataset, split.y, batch_size, shuffle, seed, device, workers, sampler=sampler,
-                             shard=shard)
-    return TensorBatches(split.x.to(device), split.y.to(device), batch_size, shuffle, seed, sampler=sampler,
-                         shard=shard)
+                             shard=shard, targets=targets)
+    y = split.y if targets is None else targets(split.y)
+    return TensorBatches(split.x.to(device), y.to(device), batch_size, shuffle, seed, sampler=sampler, shard=shard)
 
 
 def sample_images(split: DecodedSplit | StreamedSplit, index: torch.Tensor) -> torch.Tensor:

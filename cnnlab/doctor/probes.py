@@ -10,14 +10,11 @@ import torch
 from torch import nn
 
 from cnnlab.doctor.checks import FAIL, OK, WARN, Check
+from cnnlab.tasks.classification import main_output, predicted_classes
 
 ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.SELU, nn.GELU, nn.Tanh, nn.Sigmoid)
 UPDATE_BAND = (1e-4, 1e-2)  # the notes' update / weight ratio, about 1e-3
 ADAPTIVE_HIGH = 5e-2  # Adam-like first steps move every weight by about lr: a wider upper bound
-
-
-def logits_of(output):
-    return output[0] if isinstance(output, (tuple, list)) else output
 
 
 def initial_loss_check(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -28,10 +25,10 @@ def initial_loss_check(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y:
                       "labels out of range: check the label column / class folders")], {}
     model.eval()
     with torch.no_grad():
-        out = logits_of(model(x)).float()
+        out = main_output(model(x)).float()
         loss = float(loss_fn(out, y))
         chance = float(loss_fn(torch.zeros_like(out), y))
-    share = torch.bincount(out.argmax(1), minlength=num_classes).max().item() / len(y)
+    share = torch.bincount(predicted_classes(out), minlength=num_classes).max().item() / len(y)
     value = f"{loss:.3f} (logit std {out.std().item():.2f}, top class {share:.0%} of predictions)"
     expected = f"about {chance:.3f} (chance; up to 2.5x)"
     info = {"loss": loss, "chance": chance, "top_share": share}
@@ -159,7 +156,7 @@ def gradient_checks(model: nn.Module, loss_fn: nn.Module, optimizer_fn, x: torch
                       "every layer is frozen: unfreeze the head (or --strategy fine-tune)")], []
     optimizer = optimizer_fn(net)
     optimizer.zero_grad(set_to_none=True)
-    loss_fn(logits_of(net(x)), y).backward()
+    loss_fn(main_output(net(x)), y).backward()
     before = {n: p.detach().clone() for n, p in params}
     grads = {n: (p.grad.norm().item() if p.grad is not None else 0.0) for n, p in params}
     optimizer.step()

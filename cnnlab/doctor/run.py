@@ -14,7 +14,6 @@ from rich.console import Console
 from torch import nn
 
 from cnnlab.config import Config, build_config
-from cnnlab.data.preprocess import Preprocess
 from cnnlab.data.stream import sample_images
 from cnnlab.doctor import plots
 from cnnlab.doctor.checks import OK, DoctorReport, print_report
@@ -23,11 +22,12 @@ from cnnlab.doctor.probes import ADAPTIVE_HIGH, UPDATE_BAND, gradient_checks, in
 from cnnlab.doctor.training import lr_check, lr_find, overfit_check, probe
 from cnnlab.errors import CnnlabError
 from cnnlab.models.simple import count_parameters
-from cnnlab.prepare import PreparedData, prepare_data
-from cnnlab.recipe import build_loss, build_model, build_optimizer, resolve_normalization, seed_everything
+from cnnlab.prepare import PreparedData
+from cnnlab.recipe import Setup, build_optimizer, set_up
 from cnnlab.runs import RunDir
+from cnnlab.tasks.classification import ClassificationTask
 from cnnlab.train import dist
-from cnnlab.train.optim import DEFAULT_LR
+from cnnlab.train.optim import resolve_lr
 from cnnlab.train.trainer import resolve_device
 
 FLOAT_BUDGET = 50_000_000  # preprocessed float values of the subsets held at once (200 MB)
@@ -52,7 +52,7 @@ def doctor(data: str | None = None, *, config: Any = None, overrides: list[str] 
 def set_lr(cfg: Config) -> float:
     if cfg.train.lr == "find":
         raise CnnlabError("cnnlab doctor runs the lr range test itself: drop --lr find (or give a number to check)")
-    return float(cfg.train.lr) if cfg.train.lr is not None else DEFAULT_LR[cfg.train.optimizer.lower()]
+    return float(resolve_lr(cfg.train.lr, cfg.train.optimizer))
 
 
 def subset(data: PreparedData, split: str, n: int, preprocess) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -80,29 +80,27 @@ def diagnose(cfg: Config, module: nn.Module | None = None, quick: bool = False,
     console = console or Console(highlight=False, quiet=cfg.verbose == 0)
     log = lambda m: console.print(m, markup=False, soft_wrap=True)  # noqa: E731
     t0 = time.perf_counter()
-    device = resolve_device(cfg.train.device)
-    seed_everything(cfg.train.seed)
-    data = prepare_data(cfg, log)
-    num_classes = len(data.class_names)
-    seed_everything(cfg.train.seed)
-    model = module if module is not None else build_model(cfg, num_classes, data.geometry, log)
-    model = model.to(device).float()
-    norm = resolve_normalization(cfg, data, model)
-    preprocess = Preprocess(norm.mode, norm.mean, norm.std, device, False, norm.whitening)
+    setup = set_up(cfg, log, module=module)
+    if not isinstance(setup.task, ClassificationTask):
+        raise CnnlabError(f"cnnlab doctor checks classifiers; the {setup.task.name or cfg.task} task has no checks "
+                          "yet: train it with --no-checks")
+    data, num_classes = setup.data, len(setup.data.class_names)
+    model = setup.model.to(setup.device).float()
+    preprocess = setup.preprocess()
     report = DoctorReport()
     checks, report.details["inputs"] = data_checks(cfg, data, count_parameters(model), preprocess)
     report.add(*checks)
     train = subset(data, "train", 1000 if quick else 2000, preprocess)
     val = subset(data, "val", 500 if quick else 1000, preprocess)
-    run_model_checks(report, cfg, model, num_classes, train, val, quick, log)
+    loss_fn = setup.task.build_loss(cfg).to(setup.device)
+    run_model_checks(report, cfg, model, loss_fn, num_classes, train, val, quick)
     log(f"doctor: {cfg.model.name} on {data.source.name} ({num_classes} classes, {len(train[1])} images probed) "
         f"in {time.perf_counter() - t0:.1f} s")
     return report
 
 
-def run_model_checks(report: DoctorReport, cfg: Config, model: nn.Module, num_classes: int, train: tuple,
-                     val: tuple | None, quick: bool, log) -> None:
-    loss_fn = build_loss(cfg, num_classes).to(next(iter(train)).device)
+def run_model_checks(report: DoctorReport, cfg: Config, model: nn.Module, loss_fn: nn.Module, num_classes: int,
+                     train: tuple, val: tuple | None, quick: bool) -> None:
     opt = make_optimizer_fn(cfg)
     lr = set_lr(cfg)
     x, y = train[0][:128], train[1][:128]
@@ -144,12 +142,12 @@ def write_outputs(report: DoctorReport, folder: Path, lr: float) -> None:
                             folder / "training.png")
 
 
-def before_training(cfg: Config, run_dir, data: PreparedData, model: nn.Module, norm, log) -> Config:
+def before_training(cfg: Config, run_dir, setup: Setup, log) -> Config:
     """cnnlab train's hook: the cheap checks (data, initial loss: a line for each one not ok), and `--lr find`
     resolved to a number (the sweep in RUN/lr_find.json and .png). The global random state is left as it was."""
     with torch.random.fork_rng(devices=range(torch.cuda.device_count())):  # the CUDA generators too
         if cfg.train.checks:
-            for c in cheap_checks(cfg, data, model, norm):
+            for c in cheap_checks(cfg, setup) if isinstance(setup.task, ClassificationTask) else []:
                 if c.status != OK:
                     log(f"check {c.status}: {c.name}: {c.value}; {c.advice}")
         if cfg.train.lr != "find":
@@ -157,7 +155,7 @@ def before_training(cfg: Config, run_dir, data: PreparedData, model: nn.Module, 
         if cfg.distributed.nproc > 1 or dist.active():
             raise CnnlabError("--lr find runs in one process: find it with one (cnnlab doctor DATA), then pass the "
                               "number to the distributed run")
-        found = find_lr(cfg, data, model, norm)
+        found = find_lr(cfg, setup)
     cfg = cfg.copy()
     cfg.train.lr = float(f"{found['suggested']:.2g}")
     log(f"lr find: suggested {cfg.train.lr:g} (seeds {found['low']:.1e}..{found['high']:.1e}); saved "
@@ -169,28 +167,28 @@ def before_training(cfg: Config, run_dir, data: PreparedData, model: nn.Module, 
     return cfg
 
 
-def cheap_checks(cfg: Config, data: PreparedData, model: nn.Module, norm) -> list:
+def cheap_checks(cfg: Config, setup: Setup) -> list:
     """Checks 1 (without duplicates) and 2 on the CPU, in eval mode (no batch-norm statistics move)."""
+    model, data = setup.model, setup.data
     was_training = model.training
-    preprocess = Preprocess(norm.mode, norm.mean, norm.std, torch.device("cpu"), False, norm.whitening)
+    preprocess = setup.preprocess(torch.device("cpu"))
     checks, _ = data_checks(cfg, data, count_parameters(model), preprocess, duplicates=False)
     x, y = subset(data, "train", 128, preprocess)
     try:
-        checks += initial_loss_check(model, build_loss(cfg, len(data.class_names)), x, y, len(data.class_names))[0]
+        checks += initial_loss_check(model, setup.task.build_loss(cfg), x, y, len(data.class_names))[0]
     finally:
         model.train(was_training)
     return checks
 
 
-def find_lr(cfg: Config, data: PreparedData, model: nn.Module, norm) -> dict:
+def find_lr(cfg: Config, setup: Setup) -> dict:
     """The range test of `doctor` on up to 2,000 training images, 3 seeds."""
     device = resolve_device(cfg.train.device)
-    net = copy.deepcopy(model).to(device).float()
-    preprocess = Preprocess(norm.mode, norm.mean, norm.std, device, False, norm.whitening)
-    x, y = subset(data, "train", 2000, preprocess)
+    net = copy.deepcopy(setup.model).to(device).float()
+    x, y = subset(setup.data, "train", 2000, setup.preprocess(device))
     probe_cfg = cfg.copy()
     probe_cfg.train.lr = 1e-3  # replaced step by step by the sweep
-    loss_fn = build_loss(cfg, len(data.class_names)).to(device)
+    loss_fn = setup.task.build_loss(cfg).to(device)
     return lr_find(net, loss_fn, make_optimizer_fn(probe_cfg), x, y, seeds=3, steps=100)
 
 

@@ -12,23 +12,23 @@ from torch import nn
 from torch.nn.modules.dropout import _DropoutNd
 
 from cnnlab.doctor.checks import FAIL, OK, WARN, Check
-from cnnlab.doctor.probes import logits_of
+from cnnlab.tasks.classification import main_output, predicted_classes
 
 
 def step(net: nn.Module, optimizer, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
     """One update; (loss, accuracy) of the batch."""
     optimizer.zero_grad(set_to_none=True)
-    out = logits_of(net(x))
+    out = main_output(net(x))
     loss = loss_fn(out, y)
     loss.backward()
     optimizer.step()
-    return loss.item(), (out.argmax(1) == y).float().mean().item()
+    return loss.item(), (predicted_classes(out) == y).float().mean().item()
 
 
 def accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 512) -> float:
     net.eval()
     with torch.no_grad():
-        hits = sum((logits_of(net(x[i:i + batch])).argmax(1) == y[i:i + batch]).sum().item()
+        hits = sum((predicted_classes(net(x[i:i + batch])) == y[i:i + batch]).sum().item()
                    for i in range(0, len(y), batch))
     net.train()
     return hits / max(len(y), 1)

@@ -55,16 +55,16 @@ def export_run(run: str | Path | Run, fmt: str = "onnx", *, raw_input: bool = Fa
         raise CnnlabError("--quantize works on ONNX models: use --format onnx")
     if check < 1:
         raise CnnlabError(f"--check needs at least 1 image, got {check}")
+    exporter = run.task.exporter()  # what the graph returns, read back, and checked, for the run's task
     folder = RunDir(run.dir).artifact_dir(RunDir.EXPORT)
     model = run.model.cpu().eval()
     preprocess = build_preprocess(run.config, torch.device("cpu"), False, RunDir(run.dir).read_whitening())
-    bce = getattr(run.predictor.loss_fn, "kind", None) == "bce"
-    module = ExportModule(model, preprocess if raw_input else None, softmax, bce).eval()
+    module = ExportModule(model, preprocess if raw_input else None, exporter.head(softmax)).eval()
     images = load_images(run, data)
     x, y, ids = images.x[:check], images.y[:check], images.ids[:check]
     example = parity.graph_input(x[: 2 if dynamic_batch else 1], raw_input, preprocess)
     norm = {"mode": run.config.data.normalize, "mean": run.config.data.mean, "std": run.config.data.std}
-    model_spec = spec(run, fmt, folder / FORMATS[fmt], raw=raw_input, softmax=softmax, bce=bce,
+    model_spec = spec(run, fmt, folder / FORMATS[fmt], raw=raw_input, output=exporter.output_spec(softmax),
                       batch=dynamic_batch, size=dynamic_size, opset=opset, norm=norm)
     metadata = {"cnnlab.classes": json.dumps(run.class_names), "cnnlab.spec": json.dumps(model_spec)}
     with staging(folder) as tmp:  # checked there, moved in after the gate: a failing export keeps the good one
@@ -72,13 +72,13 @@ def export_run(run: str | Path | Run, fmt: str = "onnx", *, raw_input: bool = Fa
                      metadata=metadata)
         if dynamic_size:
             check_other_size(fmt, path, example, raw_input)
-        reference = reference_probabilities(run, model, x)
-        exported = parity.exported_probabilities(fmt, path, model_spec, x, preprocess)
-        result = parity.compare(reference, exported, y, ids)
+        reference = reference_predictions(run, model, x)
+        exported = parity.exported_predictions(fmt, path, model_spec, x, preprocess, exporter)
+        result = exporter.compare(reference, exported, y, ids)
         model_spec["parity"] = {k: v for k, v in result.items() if k != "disagreeing"}
         spec_path = tmp / RunDir.EXPORT_SPEC
         spec_path.write_text(json.dumps(model_spec, indent=2), encoding="utf-8")
-        parity.gate(result, f"{fmt} model")
+        exporter.gate(result, f"{fmt} model")
         path, spec_path = move_in(path, folder), move_in(spec_path, folder)
     out = ExportResult(path, spec_path, result, files=[path, spec_path])
     if quantize_mode is not None:
@@ -118,11 +118,12 @@ def check_other_size(fmt: str, path: Path, example: torch.Tensor, raw: bool) -> 
                           f"({str(e).splitlines()[0][-160:]}); drop --dynamic-size") from None
 
 
-def reference_probabilities(run: Run, model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
-    """The PyTorch model's probabilities in fp32 on the CPU (the run's own Predictor may autocast to bf16)."""
-    reference = build_predictor(run.config, model, len(run.class_names), torch.device("cpu"), "fp32",
-                                RunDir(run.dir).read_whitening(), run.predictor.decision_threshold)
-    return reference.predict_proba(x, run.config.train.eval_batch_size).double().numpy()
+def reference_predictions(run: Run, model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
+    """The PyTorch model's predictions (a classifier: probabilities) in fp32 on the CPU (the run's own Predictor may
+    autocast to bf16)."""
+    reference = build_predictor(run.config, model, run.task, torch.device("cpu"), "fp32",
+                                RunDir(run.dir).read_whitening())
+    return reference.predict(x, run.config.train.eval_batch_size).double().numpy()
 
 
 def export_int8(run: Run, path: Path, model_spec: dict[str, Any], images: Any, preprocess: Any,
@@ -136,9 +137,10 @@ def export_int8(run: Run, path: Path, model_spec: dict[str, Any], images: Any, p
         batches = [b[i : i + 1] for b in batches for i in range(len(b))]
     with staging(path.parent) as tmp:  # an int8 model that fails half-way leaves the earlier one in place
         int8_path = quantize(path, tmp / "model.int8.onnx", mode, batches)
-        reference = reference_probabilities(run, run.model, images.x)
-        exported = parity.exported_probabilities("onnx", int8_path, model_spec, images.x, preprocess)
-        result = parity.compare(reference, exported, images.y, images.ids)
+        exporter = run.task.exporter()
+        reference = reference_predictions(run, run.model, images.x)
+        exported = parity.exported_predictions("onnx", int8_path, model_spec, images.x, preprocess, exporter)
+        result = exporter.compare(reference, exported, images.y, images.ids)
         int8_path = move_in(int8_path, path.parent)
     result["mode"] = mode
     result["accuracy_change"] = result["accuracy_export"] - result["accuracy_torch"]

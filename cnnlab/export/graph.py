@@ -1,4 +1,5 @@
-"""The module that is exported: the trained model with, optionally, its preprocessing and softmax inside.
+"""The module that is exported: the trained model with, optionally, its preprocessing inside, and the task's head
+(a classifier: logits, or class probabilities with the run's rule).
 
 `--raw-input`: the graph takes the images as a client has them, uint8 (N, H, W, C), and does the layout change,
 the dtype conversion and the run's normalization (per-channel mean / std, per-image centring, or the fitted
@@ -12,7 +13,6 @@ import torch
 from torch import nn
 
 from cnnlab.data.preprocess import WHITEN_MODES, Preprocess
-from cnnlab.train.predictor import main_output
 
 
 class InputNormalize(nn.Module):
@@ -40,19 +40,13 @@ class InputNormalize(nn.Module):
 
 
 class ExportModule(nn.Module):
-    """[InputNormalize] -> model -> main logits -> [probabilities]."""
+    """[InputNormalize] -> model -> the task's head (cnnlab.tasks: a classifier's main logits or probabilities)."""
 
-    def __init__(self, model: nn.Module, preprocess: Preprocess | None, softmax: bool, bce: bool = False) -> None:
+    def __init__(self, model: nn.Module, preprocess: Preprocess | None, head: nn.Module) -> None:
         super().__init__()
         self.normalize = InputNormalize(preprocess) if preprocess is not None else None
-        self.model, self.softmax, self.bce = model, softmax, bce
+        self.model, self.head = model, head
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = self.normalize(images) if self.normalize is not None else images
-        logits = main_output(self.model(x))
-        if not self.softmax:
-            return logits
-        if self.bce:  # one sigmoid per class, normalized to sum to 1 (what the run's Predictor reports)
-            probs = logits.sigmoid()
-            return probs / probs.sum(dim=1, keepdim=True).clamp_min(1e-12)
-        return logits.softmax(dim=1)
+        return self.head(self.model(x))

@@ -81,7 +81,7 @@ def write_onnx(module: nn.Module, example: torch.Tensor, path: Path, shapes: dic
     onnx.save(model, str(path))
 
 
-def spec(run: Any, fmt: str, path: Path, *, raw: bool, softmax: bool, bce: bool, batch: bool, size: bool,
+def spec(run: Any, fmt: str, path: Path, *, raw: bool, output: dict[str, Any], batch: bool, size: bool,
          opset: int | None, norm: dict[str, Any]) -> dict[str, Any]:
     """model.json: what the graph takes and returns, and three lines that call it."""
     d = run.config.data
@@ -98,8 +98,7 @@ def spec(run: Any, fmt: str, path: Path, *, raw: bool, softmax: bool, bce: bool,
                   "dtype": "uint8" if raw else "float32", "shape": shape, "channels": d.channels,
                   "image_size": [h, w], "resize": d.resize,
                   "normalization": norm if not raw else {**norm, "applied": "inside the graph"}},
-        "output": {"name": "output", "probabilities": softmax, "bce": bce,
-                   "meaning": "class probabilities" if softmax else "logits (softmax them for probabilities)"},
-        "decision_threshold": run.predictor.decision_threshold, "opset": opset,
+        "output": output,
+        "decision_threshold": getattr(run.task, "decision_threshold", None), "opset": opset,
         "example": example if fmt == "onnx" else None,
     }

@@ -17,7 +17,7 @@ import torch
 
 from cnnlab.inference import Run
 from cnnlab.report.split import SplitView
-from cnnlab.train.metrics import metrics_from_confusion, per_class_report
+from cnnlab.tasks.classification.metrics import metrics_from_confusion, per_class_report
 
 CHUNK_BYTES = 64 * 2**20  # decoded images per chunk of the streamed pass
 
@@ -57,7 +57,7 @@ def predict_split(run: Run, view: SplitView) -> Predictions:
     p = torch.cat(probs) if probs else torch.empty(0, len(run.class_names))
     pred = predictor.decide(p).numpy()
     return Predictions(p.numpy().astype(np.float32), pred, np.asarray(view.labels, dtype=np.int64), view.ids,
-                       predictor.decision_threshold)
+                       run.task.decision_threshold)
 
 
 def confusion(labels: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:

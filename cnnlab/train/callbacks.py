@@ -317,16 +317,13 @@ class ProgressBar(Callback):
         if now - self._last < self.refresh and step + 1 < self.trainer.steps_per_epoch:
             return
         self._last = now
-        running = self.trainer.running_metrics()
-        stats = f"loss {running['loss']:.4f}  acc {running['accuracy']:.4f}" if running else ""
+        stats = "  ".join(f"{k} {v:.4f}" for k, v in self.trainer.running_metrics().items())
         self.progress.update(self.task, completed=step + 1, stats=stats)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
         if self.progress is not None and self.task is not None:
             self.progress.remove_task(self.task)
-        keys = ["loss", "accuracy", "val_loss", "val_accuracy"]
-        keys += [k for k in self.trainer.headline_metrics if k in logs and k not in keys]
-        parts = [f"{k} {logs[k]:.4f}" for k in keys if k in logs]
+        parts = [f"{k} {logs[k]:.4f}" for k in self.trainer.headline_metrics if k in logs]
         line = (f"Epoch {epoch + 1}/{self.trainer.epochs}  {logs.get('time', 0):.1f}s  "
                 + "  ".join(parts) + f"  lr {logs.get('lr', 0):.2g}")
         self.trainer.log(line)

@@ -55,10 +55,16 @@ def rmsprop(params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
     return torch.optim.RMSprop(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
+def resolve_lr(lr: float | str | None, optimizer: str) -> float | str:
+    """A learning rate as a number: `lr`, or the optimizer's default (DEFAULT_LR) when it is None ("find" stays
+    "find": the range test replaces it before the run is resolved)."""
+    return DEFAULT_LR[optimizer.lower()] if lr is None else lr
+
+
 def create_optimizer(name: str, params: Iterable, lr: float | None, momentum: float = 0.9, nesterov: bool = False,
                      weight_decay: float = 0.0) -> torch.optim.Optimizer:
     builder = OPTIMIZERS.get(name)
-    lr = DEFAULT_LR[name.lower()] if lr is None else lr
+    lr = resolve_lr(lr, name)
     if lr <= 0:
         raise CnnlabError(f"the learning rate must be positive, got {lr}")
     if name.lower() == "sgd":

@@ -40,8 +40,7 @@ from cnnlab.train.faults import (
     oom_split_message,
     split_parts,
 )
-from cnnlab.train.metrics import MetricAccumulator
-from cnnlab.train.predictor import Predictor, autocast, main_output
+from cnnlab.train.predictor import Predictor, autocast
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -84,35 +83,34 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 class Trainer:
-    """Holds the model, loss, optimizer, schedule and callbacks of one run, and runs its epochs."""
+    """Holds the model (through its Predictor), optimizer, schedule and callbacks of one run, and runs its epochs.
 
-    def __init__(self, model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer, *,
-                 num_classes: int, preprocess: Callable[[torch.Tensor], torch.Tensor],
-                 augment: Callable[[torch.Tensor, torch.Tensor], tuple] | None = None,
-                 device: torch.device, precision: str = "fp32", callbacks: list[Callback] | None = None,
-                 top_k: int = 5, regression: bool = False, grad_clip: float | None = None,
-                 console: Console | None = None, scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-                 recovery: Recovery | None = None, events: EventLog | None = None,
-                 headline_metrics: list[str] | None = None, train_model: nn.Module | None = None) -> None:
-        self.model, self.loss_fn, self.optimizer, self.scheduler = model, loss_fn, optimizer, scheduler
-        # the module the training forward runs through: the model, or its DistributedDataParallel wrapper
-        self.train_model = train_model if train_model is not None else model
+    The task (`predictor.task`, cnnlab.tasks) owns what the batches mean: the forward pass and its loss, the
+    metrics and the epoch line. `train_model`: the module the training forward runs through (a
+    DistributedDataParallel wrapper of the model; default the model itself). `recovery`: what a NaN / Inf does
+    (its `events` log the run's faults); `augment`: a batch hook (x, y) -> (x, targets), e.g. mixup."""
+
+    def __init__(self, predictor: Predictor, optimizer: torch.optim.Optimizer, *,
+                 scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+                 callbacks: list[Callback] | None = None, augment: Callable[[Any, Any], tuple] | None = None,
+                 grad_clip: float | None = None, recovery: Recovery | None = None, console: Console | None = None,
+                 train_model: nn.Module | None = None) -> None:
+        self.predictor, self.optimizer, self.scheduler = predictor, optimizer, scheduler
+        self.model, self.task = predictor.model, predictor.task
+        self.preprocess, self.device, self.precision = predictor.preprocess, predictor.device, predictor.precision
+        self.train_model = train_model if train_model is not None else self.model
         self.is_writer = dist.is_writer()  # rank 0 (or the only process) writes files
-        self.num_classes = num_classes
-        self.preprocess, self.augment = preprocess, augment
-        self.device, self.precision = device, precision
+        self.augment, self.grad_clip = augment, grad_clip
         self.callbacks = list(callbacks or [])
-        self.grad_clip = grad_clip
         self.console = console or Console(stderr=False, highlight=False)
-        self.recovery, self.events = recovery, events or EventLog(None)
-        self.headline_metrics = list(headline_metrics or [])  # extra metrics in the epoch line (e.g. val_roc_auc)
-        self.predictor = Predictor(model, preprocess, device, precision, num_classes=num_classes, loss_fn=loss_fn,
-                                   top_k=top_k, regression=regression)
-        self.scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+        self.recovery = recovery
+        self.events = getattr(recovery, "events", None) or EventLog(None)
+        self.headline_metrics: list[str] = self.task.headline(False)  # the epoch line's metrics, in order
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
         self.stop_training = False
         self.epoch = self.epochs = self.global_step = self.steps_per_epoch = 0
         self.history: list[dict[str, Any]] = []
-        self.train_metrics = MetricAccumulator(num_classes, device, top_k, regression)
+        self.train_metrics = self.task.metrics(self.device)
         self.resume_metrics: dict | None = None  # partial train metrics of the epoch being resumed
         self.micro_batches = 1  # parts each batch is split into after a CUDA out-of-memory
         for cb in self.callbacks:
@@ -142,26 +140,23 @@ class Trainer:
         return new[0]
 
     def running_metrics(self) -> dict[str, float]:
-        acc = self.train_metrics
-        if acc.count == 0:
-            return {}
-        return {"loss": float(acc.loss_sum) / acc.count,
-                "accuracy": float(acc.confusion.view(self.num_classes, -1).diag().sum()) / acc.count}
+        """The epoch's metrics so far, short names for the progress bar (a classifier: loss, acc)."""
+        return self.train_metrics.running()
 
     @property
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
 
     # -- one step --------------------------------------------------------------------------------------------
-    def train_step(self, xb: torch.Tensor, yb: torch.Tensor,
-                   check_step: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One update. With `check_step`, a NaN / Inf loss or gradient raises NonFiniteLoss before the update."""
+    def train_step(self, xb: Any, yb: Any, check_step: int | None = None) -> tuple[torch.Tensor, Any, Any]:
+        """One update of a batch: (loss, the task's outputs, the batch's targets). With `check_step`, a NaN / Inf
+        loss or gradient raises NonFiniteLoss before the update."""
         x = self.preprocess(xb)  # uint8 (B, C, H, W) -> normalised float on the device
-        target: torch.Tensor = yb
+        target = yb
         if self.augment is not None:
             x, target = self.augment(x, yb)  # mixup / cutmix: soft targets
         self.optimizer.zero_grad(set_to_none=True)
-        loss, logits = self.forward_backward(x, target)
+        loss, outputs = self.forward_backward(x, target)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip) if self.grad_clip else None
@@ -175,19 +170,10 @@ class Trainer:
             self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()
-        return loss.detach(), logits.detach(), yb
+        return loss.detach(), detached(outputs), yb
 
-    def compute_loss(self, output: Any, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Loss and main logits. A tuple output is (logits, *auxiliary logits), e.g. GoogLeNet's aux heads."""
-        if isinstance(output, (tuple, list)):
-            logits, aux = output[0], output[1:]
-            weight = getattr(self.model, "aux_loss_weight", 0.3)
-            loss = self.loss_fn(logits, target) + weight * sum(self.loss_fn(a, target) for a in aux)
-            return loss, logits
-        return self.loss_fn(output, target), main_output(output)
-
-    def forward_backward(self, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Loss and logits of the batch with its gradients accumulated; on CUDA out-of-memory the batch is split
+    def forward_backward(self, x: Any, target: Any) -> tuple[torch.Tensor, Any]:
+        """Loss and outputs of the batch with its gradients accumulated; on CUDA out-of-memory the batch is split
         into 2, 4, ... parts (`micro_batches`, kept for the rest of the run), so the update stays the full batch's."""
         while True:
             try:
@@ -196,39 +182,38 @@ class Trainer:
                 pass  # leave the except block first so the failed attempt's tensors are freed
             except (RuntimeError, MemoryError) as e:
                 if is_cpu_oom(e):
-                    raise cpu_oom_error(x.shape[0], tuple(x.shape[1:])) from None
+                    raise cpu_oom_error(len(x), tuple(getattr(x, "shape", ())[1:])) from None
                 raise
             self.optimizer.zero_grad(set_to_none=True)
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            self.micro_batches = split_parts(self.micro_batches, x.shape[0])
-            self.events.write("oom_split", batch=x.shape[0], parts=self.micro_batches)
-            self.log(oom_split_message(x.shape[0], self.micro_batches))
+            self.micro_batches = split_parts(self.micro_batches, len(x))
+            self.events.write("oom_split", batch=len(x), parts=self.micro_batches)
+            self.log(oom_split_message(len(x), self.micro_batches))
 
-    def _forward_backward_parts(self, x: torch.Tensor, target: torch.Tensor,
-                                parts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward_backward_parts(self, x: Any, target: Any, parts: int) -> tuple[torch.Tensor, Any]:
         # distributed: DDP averages the ranks' gradients; a rank's part of the global batch weighs by its size
-        weight = self._rank_weight(x.shape[0]) if dist.active() else None
+        weight = self._rank_weight(len(x)) if dist.active() else None
         if parts == 1:
             with autocast(self.device, self.precision):
-                loss, logits = self.compute_loss(self.train_model(x), target)
+                loss, outputs = self.task.forward_loss(self.train_model, x, target)
             scaled = loss if weight is None else loss * weight
             (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
-            return loss, logits
-        n = x.shape[0]
+            return loss, outputs
+        n = len(x)
         size = math.ceil(n / parts)
-        losses, all_logits = [], []
+        losses, all_outputs = [], []
         for lo in range(0, n, size):
             xc, tc = x[lo : lo + size], target[lo : lo + size]
             last = lo + size >= n
             with self._sync(last):
                 with autocast(self.device, self.precision):
-                    loss, logits = self.compute_loss(self.train_model(xc), tc)
-                share = xc.shape[0] / n * (weight or 1.0)  # each part's mean loss by its share: the batch's gradient
+                    loss, outputs = self.task.forward_loss(self.train_model, xc, tc)
+                share = len(xc) / n * (weight or 1.0)  # each part's mean loss by its share: the batch's gradient
                 (self.scaler.scale(loss * share) if self.scaler is not None else loss * share).backward()
-            losses.append(loss.detach().float() * xc.shape[0] / n)
-            all_logits.append(logits.detach())
-        return torch.stack(losses).sum(), torch.cat(all_logits)
+            losses.append(loss.detach().float() * len(xc) / n)
+            all_outputs.append(detached(outputs))
+        return torch.stack(losses).sum(), self.task.merge_outputs(all_outputs)
 
     def _rank_weight(self, n_local: int) -> float:
         """world * n_local / n_global: with it DDP's mean over ranks is the mean over the whole global batch."""
@@ -245,6 +230,7 @@ class Trainer:
             start_step: int = 0) -> list[dict[str, Any]]:
         """Train for `epochs` epochs (from `start_epoch`, `start_step` when resuming); returns the history."""
         self.epochs, self.steps_per_epoch = epochs, len(train)
+        self.headline_metrics = self.task.headline(val is not None)
         self.stop_training = False
         logs: dict[str, Any] = {}
         for cb in self.callbacks:
@@ -296,19 +282,30 @@ class Trainer:
         self.resume_metrics = None
 
     def _train_steps(self, train: TensorBatches, epoch: int, start_step: int) -> None:
-        acc = self.train_metrics
+        metrics = self.train_metrics
         check_every = 1 if self.device.type == "cpu" else 50  # avoid a host sync per step on GPUs
         for step, (xb, yb) in enumerate(train.batches(epoch, start_step), start=start_step):
-            loss, logits, target = self.train_step(xb, yb, step if step % check_every == 0 else None)
-            acc.update(logits, target, loss)
+            loss, outputs, target = self.train_step(xb, yb, step if step % check_every == 0 else None)
+            metrics.update(outputs, target, loss)
             self.global_step += 1
             logs = {"loss": loss, "lr": self.lr}  # loss: a 0-d tensor on the device (float() it: a sync on GPUs)
             for cb in self.callbacks:
                 cb.on_train_batch_end(step, logs)
-        bad = bool(acc.count) and not math.isfinite(float(acc.loss_sum))  # GPUs check steps sparsely: catch it here
+        bad = not metrics.loss_is_finite()  # GPUs check steps sparsely: catch it here
         if dist.any_rank(bad):  # agreed, so every rank recovers (their collectives stay in step)
-            raise NonFiniteLoss("loss", float(acc.loss_sum) / acc.count, epoch, len(train) - 1, self.lr)
+            raise NonFiniteLoss("loss", metrics.loss.value(metrics.count), epoch, len(train) - 1, self.lr)
 
-    def evaluate(self, data: TensorBatches, prefix: str = "val_") -> tuple[dict[str, float], list[list[int]]]:
-        """Metrics with `prefix` and the confusion matrix over all of `data`."""
+    def evaluate(self, data: Any, prefix: str = "val_") -> tuple[dict[str, float], dict[str, Any]]:
+        """The task's metrics with `prefix` and its artefacts (a classifier: the confusion matrix) over `data`."""
         return self.predictor.evaluate(data, prefix)
+
+
+def detached(outputs: Any) -> Any:
+    """Outputs without their autograd graph: tensors detached inside tuples, lists and dicts."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs.detach()
+    if isinstance(outputs, (list, tuple)):
+        return type(outputs)(detached(o) for o in outputs)
+    if isinstance(outputs, dict):
+        return {k: detached(v) for k, v in outputs.items()}
+    return outputs

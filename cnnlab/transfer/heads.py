@@ -18,6 +18,7 @@ from cnnlab.config import Config
 from cnnlab.errors import CnnlabError
 from cnnlab.models.weights import classifier_prefix
 from cnnlab.train.checkpoint import save_weights
+from cnnlab.train.predictor import Predictor
 from cnnlab.train.trainer import Trainer
 
 
@@ -55,8 +56,9 @@ def zero_last_linear(head: nn.Module) -> None:
 class FeatureTrainer(Trainer):
     """A Trainer whose model is only the head, fed cached features; its checkpoints hold the full model."""
 
-    def __init__(self, full_model: nn.Module, head: nn.Module, **kwargs: Any) -> None:
-        super().__init__(head, **kwargs)
+    def __init__(self, full_model: nn.Module, head_predictor: Predictor, optimizer: torch.optim.Optimizer,
+                 **kwargs: Any) -> None:
+        super().__init__(head_predictor, optimizer, **kwargs)
         self.full_model = full_model
 
     def save_weights(self, path: str | Path) -> None:
@@ -102,7 +104,7 @@ def fit_logreg(trainer: FeatureTrainer, train: Any, val: Any, best_path: Path) -
     head = trainer.model
     if not isinstance(head, nn.Linear):
         raise CnnlabError("--head logreg needs the model's classifier to be one Linear layer")
-    weight, bias = fit_logreg_head(train.x.cpu(), train.y.cpu(), trainer.num_classes, seed=train.seed)
+    weight, bias = fit_logreg_head(train.x.cpu(), train.y.cpu(), len(trainer.task.class_names), seed=train.seed)
     with torch.no_grad():
         head.weight.copy_(weight.to(head.weight.device))
         head.bias.copy_(bias.to(head.bias.device))

@@ -26,7 +26,7 @@ from cnnlab.data.dataset import DecodedSplit, ImageGeometry
 from cnnlab.data.preprocess import Normalization, Preprocess
 from cnnlab.models.base import has_conv
 from cnnlab.train.callbacks import Callback
-from cnnlab.train.optim import DEFAULT_LR, resolve_batch_size
+from cnnlab.train.optim import resolve_batch_size, resolve_lr
 from cnnlab.transfer.features import FeatureSet, load_or_compute_features
 from cnnlab.transfer.groups import (
     GradualUnfreeze,
@@ -61,6 +61,12 @@ class TransferPlan:
         if self.strategy != "feature-extract" or self.features is None:
             return None
         return {s: self.features.split(s) for s in self.features.x}
+
+    @property
+    def on_features(self) -> bool:
+        """Only a new head trains, on cached features (no checkpointer, no augmentation, no sharding), and the
+        full model is assembled after it."""
+        return self.feature_splits is not None
 
 
 def linear_probe(fs: FeatureSet, num_classes: int, seed: int = 0) -> dict[str, Any]:
@@ -106,7 +112,7 @@ def setup_layers(model: nn.Module, cfg: Config, strategy: str, n_train_images: i
     groups = layer_groups(model)
     n_train = len(groups) if strategy == "full" else min(len(groups), t.unfreeze + 1)
     trainable, frozen = groups[len(groups) - n_train:], groups[: len(groups) - n_train]
-    lr = cfg.train.lr if cfg.train.lr is not None else DEFAULT_LR[cfg.train.optimizer.lower()]
+    lr = resolve_lr(cfg.train.lr, cfg.train.optimizer)
     pgroups = discriminative_param_groups(model, groups, n_train, lr, t.lr_decay)
     bs = resolve_batch_size(cfg.train.batch_size, strategy)
     bs = n_train_images if bs == "full" else int(bs)
@@ -141,7 +147,7 @@ def plan_transfer(cfg: Config, model: nn.Module, splits: dict[str, Any], class_n
         model.to(device)
         if channels_last:
             model.to(memory_format=torch.channels_last)
-        preprocess = Preprocess(norm.mode, norm.mean, norm.std, device, channels_last, norm.whitening)
+        preprocess = Preprocess(norm, device, channels_last)
         features = load_or_compute_features(model, cfg, splits, geometry, norm, preprocess, device, precision, log)
     num_classes = len(class_names)
     train_y = splits["train"].y.numpy()

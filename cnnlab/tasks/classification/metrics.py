@@ -1,95 +1,110 @@
-"""Classification metrics accumulated on the device (no host sync per step), reduced once per epoch.
+"""Classification metrics: accumulated on the device (no host sync per step), reduced once per pass.
 
-One confusion matrix per epoch gives accuracy, macro precision / recall / F1 and balanced accuracy;
-top-k counts are kept beside it; regression-style losses also get mse / mae on the probabilities.
+One confusion matrix per pass gives accuracy, macro precision / recall / F1 and balanced accuracy (and is the
+artefact an evaluation returns); top-k counts are kept beside it; the one-hot error losses (mse / mae) also get
+mse / mae of the probabilities. Two-class evaluations keep P(class 1) of every image for ROC AUC and PR AUC.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
+from cnnlab.tasks.base import Metric
 from cnnlab.train import dist
 
 
-class MetricAccumulator:
-    """Sum of losses, a confusion matrix and top-k hits over an epoch."""
+class ConfusionMetrics(Metric):
+    """A confusion matrix, top-k hits and (for the one-hot error losses) squared / absolute probability errors.
 
-    def __init__(self, num_classes: int, device: torch.device, top_k: int = 5, regression: bool = False) -> None:
+    `decide(logits) -> classes` is the decision rule (argmax, or a two-class threshold); without it, argmax."""
+
+    state_names = ("confusion", "topk_hits", "sq_err", "abs_err")
+
+    def __init__(self, num_classes: int, device: torch.device, top_k: int = 5, onehot_errors: bool = False,
+                 decide: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         self.num_classes = num_classes
         self.top_k = top_k if 1 < top_k < num_classes else 0
-        self.regression = regression
+        self.onehot_errors, self.decide = onehot_errors, decide
         self.device = device
         self.reset()
 
     def reset(self) -> None:
         c = self.num_classes
-        self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         self.confusion = torch.zeros(c * c, dtype=torch.int64, device=self.device)
         self.topk_hits = torch.zeros((), dtype=torch.int64, device=self.device)
         self.sq_err = torch.zeros((), dtype=torch.float64, device=self.device)
         self.abs_err = torch.zeros((), dtype=torch.float64, device=self.device)
-        self.count = 0
 
-    def state_dict(self) -> dict:
-        """The running sums (copies), so a resumed epoch reports the same train metrics."""
-        names = ("loss_sum", "confusion", "topk_hits", "sq_err", "abs_err")
-        return {"count": self.count, **{k: getattr(self, k).detach().cpu().clone() for k in names}}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.count = int(state["count"])
-        for k in ("loss_sum", "confusion", "topk_hits", "sq_err", "abs_err"):
-            setattr(self, k, state[k].to(self.device).clone())
-
-    @torch.no_grad()
-    def update(self, logits: torch.Tensor, target: torch.Tensor, loss: torch.Tensor,
-               pred: torch.Tensor | None = None) -> None:
-        """logits (B, C), target (B,) class indices, loss: the batch mean; pred: decisions (default argmax)."""
-        n = target.shape[0]
-        self.count += n
-        self.loss_sum += loss.detach().double() * n
-        if pred is None:
-            pred = logits.argmax(dim=1)
+    def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
+        """logits (B, C), target (B,) class indices."""
+        pred = self.decide(logits) if self.decide is not None else logits.argmax(dim=1)
         self.confusion += torch.bincount(target * self.num_classes + pred, minlength=self.num_classes ** 2)
         if self.top_k:
             top = logits.topk(self.top_k, dim=1).indices
             self.topk_hits += (top == target[:, None]).any(dim=1).sum()
-        if self.regression:
+        if self.onehot_errors:
             probs = logits.float().softmax(dim=1)
             onehot = torch.nn.functional.one_hot(target, self.num_classes).float()
             self.sq_err += (probs - onehot).pow(2).mean(dim=1).sum().double()
             self.abs_err += (probs - onehot).abs().mean(dim=1).sum().double()
 
-    def all_reduce(self) -> MetricAccumulator:
-        """Sum every rank's counts into this accumulator (distributed runs; a no-op in a single process)."""
-        if dist.active():
-            for k in ("loss_sum", "confusion", "topk_hits", "sq_err", "abs_err"):
-                dist.all_reduce_sum(getattr(self, k))
-            self.count = int(dist.all_reduce_sum(torch.tensor([self.count], dtype=torch.int64)).item())
-        return self
+    def matrix(self) -> torch.Tensor:
+        return self.confusion.view(self.num_classes, self.num_classes)
 
-    def reduced_copy(self) -> MetricAccumulator:
-        """The sums over every rank, leaving this rank's own counts untouched (for a checkpoint mid-epoch)."""
-        copy = MetricAccumulator(self.num_classes, self.device, self.top_k or 0, self.regression)
-        copy.top_k = self.top_k
-        copy.load_state_dict(self.state_dict())
-        return copy.all_reduce()
-
-    def compute(self, prefix: str = "") -> dict[str, float]:
-        """Keras-style names: loss, accuracy, top5_accuracy, precision, recall, f1, balanced_accuracy."""
-        if self.count == 0:
+    def compute(self) -> dict[str, float]:
+        """Keras-style names: accuracy, precision, recall, f1, balanced_accuracy, top5_accuracy, mse, mae."""
+        count = int(self.confusion.sum())
+        if count == 0:
             return {}
-        cm = self.confusion.view(self.num_classes, self.num_classes).double().cpu()
-        logs = {"loss": float(self.loss_sum) / self.count}
-        logs.update(metrics_from_confusion(cm))
+        logs = metrics_from_confusion(self.matrix().double().cpu())
         if self.top_k:
-            logs[f"top{self.top_k}_accuracy"] = float(self.topk_hits) / self.count
-        if self.regression:
-            logs["mse"] = float(self.sq_err) / self.count
-            logs["mae"] = float(self.abs_err) / self.count
-        return {prefix + k: v for k, v in logs.items()}
+            logs[f"top{self.top_k}_accuracy"] = float(self.topk_hits) / count
+        if self.onehot_errors:
+            logs["mse"] = float(self.sq_err) / count
+            logs["mae"] = float(self.abs_err) / count
+        return logs
 
-    def confusion_matrix(self) -> list[list[int]]:
-        return self.confusion.view(self.num_classes, self.num_classes).cpu().tolist()
+    def artefacts(self) -> dict[str, Any]:
+        return {"confusion_matrix": self.matrix().cpu().tolist()}
+
+    def running(self, count: int) -> dict[str, float]:
+        return {"acc": float(self.matrix().diag().sum()) / count}
+
+
+class BinaryScores(Metric):
+    """Two classes: P(class 1) of every image of the pass, for ROC AUC and PR AUC at the end (gathered over the
+    ranks, in rank order, so every image counts once)."""
+
+    def __init__(self, probabilities: Callable[[torch.Tensor], torch.Tensor], device: torch.device) -> None:
+        self.probabilities, self.device = probabilities, device
+        self.reset()
+
+    def reset(self) -> None:
+        self.scores: list[torch.Tensor] = []
+        self.targets: list[torch.Tensor] = []
+
+    def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
+        self.scores.append(self.probabilities(logits)[:, 1])
+        self.targets.append(target)
+
+    def collected(self) -> tuple[torch.Tensor, torch.Tensor]:
+        target = torch.cat(self.targets) if self.targets else torch.empty(0, dtype=torch.int64, device=self.device)
+        score = torch.cat(self.scores) if self.scores else torch.empty(0, device=self.device)
+        return target, score
+
+    def all_reduce(self) -> None:
+        target, score = self.collected()
+        self.targets, self.scores = [dist.gather_cat(target)], [dist.gather_cat(score.float())]
+
+    def compute(self) -> dict[str, float]:
+        target, score = self.collected()
+        return binary_scores(target, score) if len(target) else {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}  # evaluation only: never saved mid-epoch
 
 
 def metrics_from_confusion(cm: torch.Tensor) -> dict[str, float]:

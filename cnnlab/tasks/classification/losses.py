@@ -1,4 +1,4 @@
-"""Loss functions by name. Every loss takes raw logits (B, C) and integer targets (B,).
+"""The classification losses by name. Every loss takes raw logits (B, C) and integer targets (B,).
 
 cross_entropy (with label smoothing) is the default; focal is the focal loss of Lin et al. 2017 (imbalanced data);
 bce treats each class as a sigmoid output against a one-hot target; mse and mae compare softmax probabilities
@@ -15,7 +15,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.registry import Registry
 
 LOSSES = Registry("loss")  # filled by the decorators below
-REGRESSION_LOSSES = {"mse", "mae"}
+ONEHOT_ERROR_LOSSES = {"mse", "mae"}  # "regression-style": probabilities against one-hot targets
 
 
 class CrossEntropy(nn.Module):
