@@ -2,6 +2,9 @@
 after the first epoch boundary, late in epoch 3) or sent SIGINT, resumed with `cnnlab train --resume`, and must end
 with the same weights (torch.equal on every tensor), metrics.json and metrics.csv (wall times excluded) as a run
 that was never interrupted. All children of a round run at once to keep the wall time low on a busy machine.
+
+Each child signals itself at a known global step (CNNLAB_SIGNAL_AT, cnnlab.train.faults.SignalAt): no poll races
+the run, so the kill points, and the checkpoints they leave, are the same on every machine.
 """
 
 from __future__ import annotations
@@ -9,7 +12,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -25,11 +27,11 @@ ROOT = Path(__file__).resolve().parents[1]
 # 640 train images / batch 16 = 40 steps per epoch, 120 in all; a checkpoint every 4 steps.
 TRAIN_ARGS = ["--model", "seed_cnn", "--epochs", "3", "--batch-size", "16", "--checkpoint-every", "4", "--seed", "3",
               "--precision", "fp32", "--no-tensorboard", "--quiet"]
-KILL_POINTS = {"early_epoch1": 6, "after_epoch1_boundary": 40, "late_epoch3": 92}  # global step reached
-STEPS = 120
+# the global step after which the child kills itself; none is a checkpoint step, so each resume replays steps
+KILL_POINTS = {"early_epoch1": 6, "after_epoch1_boundary": 42, "late_epoch3": 93}
+SIGINT_STEP = 50
 
 
-# 28 px images make a step slow enough (a few ms) that the poller sees each checkpoint before the run ends.
 def make_tiny_npz(path: Path, n: int = 800, size: int = 28, classes: int = 4, seed: int = 0) -> Path:
     """Learnable 4-class images: a bright band whose position is the class, on noise."""
     rng = np.random.default_rng(seed)
@@ -47,56 +49,16 @@ def child_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-def start_train(data: Path, out: Path) -> subprocess.Popen:
+def start_train(data: Path, out: Path, signal_at: str | None = None) -> subprocess.Popen:
+    env = child_env() if signal_at is None else {**child_env(), "CNNLAB_SIGNAL_AT": signal_at}
     return subprocess.Popen([sys.executable, "-m", "cnnlab", "train", str(data), *TRAIN_ARGS, "--out", str(out)],
-                            env=child_env(), cwd=out.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-
-
-_SEEN: dict[Path, tuple[int, int]] = {}  # path -> (mtime_ns, global step) of the last read
+                            env=env, cwd=out.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def saved_step(run: Path) -> int:
-    """Global step of the run's checkpoint on disk (-1 when there is none yet). Read again only when the file
-    changed, and memory-mapped: a busy machine must not slow the poller down until a child finishes unseen."""
+    """Global step of the run's checkpoint on disk (-1 when there is none)."""
     path = run / "last_state.pt"
-    try:
-        mtime = path.stat().st_mtime_ns
-        if path in _SEEN and _SEEN[path][0] == mtime:
-            return _SEEN[path][1]
-        step = int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"])
-    except (OSError, RuntimeError, EOFError):  # none yet, or replaced while reading: try again next poll
-        return -1
-    _SEEN[path] = (mtime, step)
-    return step
-
-
-def interrupt_when(procs: dict[str, tuple[subprocess.Popen, Path, int, int]], timeout: float = 240) -> dict:
-    """Send each child its signal once its checkpoint reaches the target step (plus a random delay). Children are
-    waited for only at the end, so waiting for one never keeps the poller from the others."""
-    rng = random.Random(7)
-    delays = {name: rng.uniform(0.0, 0.15) for name in procs}
-    signaled: set[str] = set()
-    deadline = time.monotonic() + timeout
-    while len(signaled) < len(procs):
-        late = sorted(set(procs) - signaled)
-        assert time.monotonic() < deadline, f"children did not reach their kill points: {late}"
-        for name, (proc, run, target, sig) in procs.items():
-            if name in signaled:
-                continue
-            assert proc.poll() is None, f"{name} ended before it was interrupted: {proc.communicate()[1][-2000:]}"
-            if saved_step(run) >= target:
-                if sig == signal.SIGKILL:  # frozen where it is, so it cannot finish during the delay
-                    proc.send_signal(signal.SIGSTOP)
-                time.sleep(delays[name])
-                proc.send_signal(sig)
-                signaled.add(name)
-        time.sleep(0.03)
-    done = {}
-    for name, (proc, run, _, _) in procs.items():
-        _, err = proc.communicate(timeout=120)
-        done[name] = {"rc": proc.returncode, "stderr": err, "state_step": saved_step(run)}
-    return done
+    return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"]) if path.exists() else -1
 
 
 def same_run(a: Path, b: Path) -> None:
@@ -136,17 +98,18 @@ def rounds(tmp_path_factory) -> dict:
     Round 2: `cnnlab train --resume` of the four interrupted runs, at once."""
     base = tmp_path_factory.mktemp("kill")
     data = make_tiny_npz(base / "tiny.npz")
-    ref = start_train(data, base / "reference")
-    procs = {name: (start_train(data, base / name), base / name, step, signal.SIGKILL)
-             for name, step in KILL_POINTS.items()}
-    procs["sigint"] = (start_train(data, base / "sigint"), base / "sigint", 50, signal.SIGINT)
     t0 = time.perf_counter()
-    first = interrupt_when(procs)
-    ref_out = ref.communicate(timeout=300)
-    assert ref.returncode == 0, ref_out[1][-2000:]
+    procs = {"reference": start_train(data, base / "reference")}
+    procs |= {name: start_train(data, base / name, f"step={step},signal=KILL") for name, step in KILL_POINTS.items()}
+    procs["sigint"] = start_train(data, base / "sigint", f"step={SIGINT_STEP},signal=INT")
+    first = {}
+    for name, proc in procs.items():
+        _, err = proc.communicate(timeout=300)
+        first[name] = {"rc": proc.returncode, "stderr": err, "state_step": saved_step(base / name)}
+    assert first.pop("reference")["rc"] == 0, first
     resumes = {name: subprocess.Popen([sys.executable, "-m", "cnnlab", "train", "--resume", str(base / name)],
                                       env=child_env(), cwd=base, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      text=True) for name in procs}
+                                      text=True) for name in first}
     second = {}
     for name, proc in resumes.items():
         out, err = proc.communicate(timeout=300)
@@ -160,8 +123,8 @@ def rounds(tmp_path_factory) -> dict:
 def test_sigkill_then_resume_matches_uninterrupted_run(rounds, point):
     run = rounds["base"] / point
     killed = rounds["first"][point]
-    assert killed["rc"] == -signal.SIGKILL
-    assert KILL_POINTS[point] <= killed["state_step"] < STEPS  # killed mid-run, after the target checkpoint
+    assert killed["rc"] == -signal.SIGKILL, killed["stderr"][-2000:]
+    assert killed["state_step"] == KILL_POINTS[point] // 4 * 4  # the last checkpoint (every 4 steps) before the kill
     resumed = rounds["second"][point]
     assert resumed["rc"] == 0, resumed["stderr"][-2000:]
     resume_events = [e for e in events(run) if e["event"] == "resume"]
@@ -177,8 +140,7 @@ def test_sigint_stops_after_the_step_saves_and_resumes(rounds):
     assert first["rc"] == 130
     assert f"interrupted; resume with: cnnlab train --resume {run}" in first["stderr"]
     assert "Traceback" not in first["stderr"]
-    state = torch.load(run / "last_state.pt", weights_only=True)
-    assert state["global_step"] >= 50 and state["global_step"] == 40 * state["epoch"] + state["step"]
+    assert first["state_step"] == SIGINT_STEP  # saved at the step it stopped (read before the resume)
     assert [e["event"] for e in events(run)][:1] == ["interrupted"]
     assert rounds["second"]["sigint"]["rc"] == 0, rounds["second"]["sigint"]["stderr"][-2000:]
     same_run(rounds["reference"], run)

@@ -200,13 +200,23 @@ def test_a_diverging_trial_fails_with_its_reason(tmp_path):
     assert "no complete trial" in r.stdout and not (tmp_path / "t" / "best.yaml").exists()
 
 
-def test_tpe_with_hyperband_pruning_and_a_timeout(tmp_path):
+def test_tpe_with_hyperband_pruning(tmp_path):
     out = tmp_path / "search"
-    r = tune_cli("digits", *BASE, "--epochs", "3", "--trials", "50", "--sampler", "tpe", "--pruner", "hyperband",
-                 "--timeout", "6", "--out", str(out))
+    r = tune_cli("digits", *BASE, "--epochs", "3", "--trials", "4", "--sampler", "tpe", "--pruner", "hyperband",
+                 "--out", str(out))
     assert r.returncode == 0, r.stderr
     record = json.loads((out / "tune.json").read_text())
-    assert 1 <= len(record["trials"]) < 50 and record["counts"]["FAIL"] == 0 and record["counts"]["RUNNING"] == 0
+    assert len(record["trials"]) == 4 and record["counts"]["FAIL"] == 0 and record["counts"]["RUNNING"] == 0
+
+
+def test_a_timeout_starts_no_trial_after_it_has_passed(tmp_path):
+    """--timeout is checked between trials (the first always runs): a timeout shorter than any trial runs one
+    trial of the 50 asked for, on every machine."""
+    out = tmp_path / "search"
+    r = tune_cli("digits", *BASE, "--epochs", "1", "--trials", "50", "--timeout", "0.01", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    record = json.loads((out / "tune.json").read_text())
+    assert len(record["trials"]) == 1 and record["counts"]["COMPLETE"] == 1
 
 
 def test_rerunning_with_other_settings_in_the_same_folder_is_refused(tmp_path):
@@ -262,26 +272,15 @@ def test_a_claimed_trial_is_not_stale_to_a_worker_on_another_machine(tmp_path, m
 
 
 def test_kill_9_in_the_middle_of_a_trial_then_the_same_command_continues_the_study(tmp_path):
-    """SIGKILL the process group once two trials are done and the third has its first checkpoint; the rerun
-    resumes trial 2 in its own folder (from that checkpoint) and runs the rest: 6 trials, none lost or twice."""
+    """The search kills itself (SIGKILL) in the third trial, one step after that trial's first checkpoint (the end
+    of epoch 1: 23 steps of 64 of the 1,438 digits); the rerun resumes trial 2 in its own folder (from that
+    checkpoint) and runs the rest: 6 trials, none lost or twice."""
     out = tmp_path / "search"
     cmd = [sys.executable, "-m", "cnnlab", "tune", "digits", *BASE, "--epochs", "3", "--pruner", "none",
            "--trials", "6", "--out", str(out)]
-    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    deadline = time.time() + 120
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            third = out / "trials" / "0002"
-            if (third / "last_state.pt").is_file() and not (third / "metrics.json").is_file():
-                os.killpg(proc.pid, signal.SIGKILL)
-                break
-            time.sleep(0.02)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the search ended before the kill point"
+    killed = subprocess.run(cmd, env={**env(), "CNNLAB_SIGNAL_AT": "step=24,signal=KILL,run=trials/0002"},
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     before = study_trials(out)
     assert [t.state.name for t in before] == ["COMPLETE", "COMPLETE", "RUNNING"]
     r = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=300)

@@ -33,7 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--storage", metavar="URL", help="Optuna storage: a journal file path, or an RDB URL such as "
                    "postgresql://user:pw@host/db that workers on many machines join (default DIR/study.journal)")
     s.add_argument("--study", default="tune", metavar="NAME", help="study name (default tune)")
-    s.add_argument("--timeout", type=float, metavar="S", help="start no new trial after S seconds")
+    s.add_argument("--timeout", type=float, metavar="S",
+                   help="start no new trial after S seconds (each worker runs at least one)")
     s.add_argument("--confirm", type=int, default=0, metavar="K", help="then re-run the top K configurations with "
                    "--confirm-seeds other seeds (DIR/confirm/), so the winner is judged against seed noise")
     s.add_argument("--confirm-seeds", type=int, default=3, metavar="S", help="seeds per confirmed configuration")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import shlex
 import signal
 import sys
@@ -24,7 +25,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.train import dist
 from cnnlab.train.callbacks import Callback
 from cnnlab.train.checkpoint import save_state, save_weights
-from cnnlab.train.faults import EventLog, NonFiniteGuard
+from cnnlab.train.faults import SIGNAL_AT_ENV, EventLog, NonFiniteGuard, SignalAt
 from cnnlab.train.state import capture_state, restore_state
 
 if TYPE_CHECKING:
@@ -54,6 +55,7 @@ class RunCheckpointer(Callback):
         self.snapshot: dict[str, Any] | None = None  # the last good state, in memory (deep copy)
         self.saved_at: tuple[int, int] | None = None  # (epoch, step) of the checkpoint on disk
         self.interrupt_requested = False
+        self.signal_at = SignalAt(os.environ.get(SIGNAL_AT_ENV))  # a test's kill point, at a known step
 
     # -- state ---------------------------------------------------------------------------------------------
     def _extra(self) -> dict[str, Any]:
@@ -104,6 +106,7 @@ class RunCheckpointer(Callback):
             self.interrupt_requested = dist.any_rank(self.interrupt_requested)
         if self.every_steps and trainer.global_step % self.every_steps == 0:
             self.save(*position)
+        self.signal_at.check(trainer.global_step, dist.rank(), self.run_dir)
         if self.interrupt_requested:
             if self.saved_at != position:
                 self.save(*position)

@@ -8,7 +8,7 @@
 - CUDA out-of-memory: the Trainer splits the batch into 2, 4, ... parts whose gradients are accumulated
   (Trainer.forward_backward); `oom_split` is logged here.
 - Running out of CPU memory: a CnnlabError about the memory budget instead of a traceback (`cpu_oom_error`).
-Every event is appended to events.jsonl in the run folder.
+Every event is appended to events.jsonl in the run folder. `SignalAt` injects a crash at a known step (tests).
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -189,3 +191,39 @@ def split_parts(parts: int, batch: int) -> int:
 def oom_split_message(batch: int, parts: int) -> str:
     return (f"warning: CUDA out of memory at batch size {batch}: splitting each batch into {parts} parts of "
             f"{math.ceil(batch / parts)} (gradient accumulation keeps the effective batch of {batch})")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# deterministic fault injection (crash-safety tests)
+
+SIGNAL_AT_ENV = "CNNLAB_SIGNAL_AT"
+
+
+class SignalAt:
+    """`CNNLAB_SIGNAL_AT=step=N[,signal=KILL|INT|TERM][,rank=R][,run=TEXT]`: the process sends itself the signal
+    right after global step N (its callbacks and any checkpoint of that step done), in rank R only and in a run
+    folder whose path contains TEXT only, when given. Tests kill or interrupt a run at a known step this way,
+    instead of racing a poll against a clock; users never set it."""
+
+    def __init__(self, spec: str | None) -> None:
+        self.step: int | None = None
+        if not spec:
+            return
+        try:
+            fields = dict(item.split("=", 1) for item in spec.split(","))
+            self.step = int(fields["step"])
+            self.signal = getattr(signal, "SIG" + fields.get("signal", "KILL").upper())
+            self.rank = int(fields["rank"]) if "rank" in fields else None
+            self.run = fields.get("run")
+        except (KeyError, ValueError, AttributeError):
+            raise CnnlabError(f"{SIGNAL_AT_ENV}={spec!r}: expected step=N[,signal=KILL|INT|TERM][,rank=R]"
+                              "[,run=TEXT]") from None
+
+    def check(self, global_step: int, rank: int, run_dir: str | Path) -> None:
+        """Send the signal when this is the step (and rank, and run folder)."""
+        if self.step is None or global_step != self.step or (self.rank is not None and rank != self.rank):
+            return
+        if self.run is not None and self.run not in str(run_dir):
+            return
+        os.kill(os.getpid(), self.signal)
+

@@ -106,7 +106,7 @@ def work(out: Path, n_trials: int, storage: str | None, worker: int = 0, deadlin
     study = open_study(open_storage(storage, out), s["study"], s["direction"], sampler,
                        make_pruner(s["pruner"], base.train.epochs, n_trials))
     ran = 0
-    while deadline is None or time.time() < deadline:
+    while deadline is None or ran == 0 or time.time() < deadline:  # as Optuna's timeout: the first trial runs
         claim = claim_trial(study, out, n_trials)
         if claim is None:
             break
