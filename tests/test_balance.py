@@ -229,7 +229,7 @@ def test_binary_run_reports_roc_auc_and_moves_the_threshold(tmp_path):
                      tensorboard=False, balance="oversample,threshold", precision="fp32")
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert m["monitor"] == "val_roc_auc"
-    assert 0.0 <= m["val"]["roc_auc"] <= 1.0 and "pr_auc" in m["test"]
+    assert m["val"]["roc_auc"] > 0.95 and m["test"]["pr_auc"] > 0.9  # the minority's square separates it
     assert "val_roc_auc" in run.history[-1]
     assert m["balance"]["applied"] == ["oversample", "threshold"] and m["balance"]["imbalance_ratio"] == 4.0
     t = m["threshold"]["value"]
