@@ -145,6 +145,12 @@ def probe(model: nn.Module, loss_fn, optimizer_fn: Callable, train: tuple, val: 
     return probe_verdict(net, losses, train, val, chance_acc, chance_loss, info), info
 
 
+def above_chance(acc: float, chance: float, n: int, z: float = 3.0) -> bool:
+    """Whether an accuracy on n images is above the chance level by more than its sampling noise (z binomial
+    standard deviations, at least 2 points)."""
+    return acc > chance + max(0.02, z * math.sqrt(chance * (1 - chance) / max(n, 1)))
+
+
 def probe_verdict(net, losses: list[float], train: tuple, val: tuple | None, chance_acc: float, chance_loss: float,
                   info: dict) -> list[Check]:
     expected = "loss falls from the start; val near train"
@@ -162,7 +168,8 @@ def probe_verdict(net, losses: list[float], train: tuple, val: tuple | None, cha
     if flat > 0.3 * len(losses) and end < 0.9 * chance_loss:
         return [Check("training probe", WARN, value + f"; at chance for {flat} steps", expected,
                       "the loss stalls at the chance value, then falls: a bad initialization (init=he / xavier)")]
-    if va is not None and tr > chance_acc + 0.05 and va < chance_acc + 0.05:
+    if va is not None and above_chance(tr, chance_acc, len(train[1])) and not above_chance(va, chance_acc,
+                                                                                             len(val[1])):
         return [Check("training probe", WARN, value, expected, "train learns but val stays at chance: the labels do "
                       "not match the images (shuffled?), train and val differ (preprocessing mismatch), or the "
                       "probe's steps are too few for this data")]
