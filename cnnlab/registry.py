@@ -5,7 +5,7 @@ Registration is by decorator; duplicate names are refused; a miss lists close na
 A registry may name the modules whose import registers its built-in entries (`sources`). Their names and one-line
 docs are then read from those files' source with `ast`, without importing them, so `cnnlab models`, `--help` and
 the check of a misspelt `--model` run without importing torch (1.5 s); `get` imports the sources on first use. The
-scan and the registration are the same decorator lines, so they cannot drift (tests/test_registry.py).
+scan and the registration are the same decorator lines, so they cannot drift (tests/test_architecture.py).
 """
 
 from __future__ import annotations

@@ -65,7 +65,7 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> None:
         set_value(cfg, key.strip(), value)
 
 
-def merge_dict(cfg: Config, data: dict[str, Any], origin: str = "config") -> None:
+def merge_dict(cfg: Config, data: dict[str, Any]) -> None:
     """Apply a nested mapping (a parsed config.yaml) onto `cfg`."""
     for key, value in data.items():
         if key not in RECORD_KEYS:
@@ -89,7 +89,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 def load_config(path: str | Path, base: Config | None = None) -> Config:
     """Read a YAML config (yaml.safe_load) onto `base` (default: the defaults)."""
     cfg = base or Config()
-    merge_dict(cfg, read_yaml(path), str(path))
+    merge_dict(cfg, read_yaml(path))
     return cfg
 
 
