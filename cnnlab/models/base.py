@@ -24,6 +24,11 @@ class ClassifierNet(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
 
+    def trunk_modules(self) -> list[tuple[str, nn.Module]]:
+        """The modules `forward_features` runs, in order, as (attribute name, module): applied one after the
+        other they compute `forward_features` (cnnlab.models.backbone taps the feature maps between them)."""
+        return [("features", self.features)]
+
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         if pre_logits:
             return self.head[:-1](x)

@@ -146,6 +146,10 @@ class DenseNet(PooledClassifierNet):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.final_act(self.features(x))
 
+    def trunk_modules(self) -> list[tuple[str, nn.Module]]:
+        """`features` (stem, dense blocks, transitions, norm5), then the final activation."""
+        return [("features", self.features), ("final_act", self.final_act)]
+
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         """stem (conv0/norm0), blocks (denseblock<i> with its transition), head (norm5, classifier)."""
         return {

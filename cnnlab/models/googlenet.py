@@ -157,6 +157,13 @@ class GoogLeNet(PooledClassifierNet):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self._features(x)[0]
 
+    def trunk_modules(self) -> list[tuple[str, nn.Module]]:
+        """The main path of `_features` in the order it runs (maxpool3 / maxpool4 are registered after all the
+        inceptions but run between them, hence the list); the auxiliary heads are not on it."""
+        names = ["conv1", "maxpool1", "conv2", "conv3", "maxpool2", "inception3a", "inception3b", "maxpool3",
+                 *(f"inception4{k}" for k in "abcde"), "maxpool4", "inception5a", "inception5b"]
+        return [(n, getattr(self, n)) for n in names]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         feats, tap1, tap2 = self._features(x)
         logits = self.forward_head(feats)

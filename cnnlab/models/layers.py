@@ -115,21 +115,6 @@ def make_activation(spec: ActSpec = "relu", channels: int | None = None, inplace
     return {"relu": nn.ReLU, "selu": nn.SELU}[name](inplace=inplace)
 
 
-def activation_gain(spec: ActSpec) -> tuple[str, float | None]:
-    """The `nonlinearity` (and leaky slope) torch.nn.init's gain formulas use for an activation name."""
-    if not isinstance(spec, str):
-        return "relu", None
-    name, arg = split_arg(spec, "activation")
-    name = _ACT_ALIASES.get(name, name)
-    if name == "leaky_relu":
-        return "leaky_relu", _ACT_DEFAULT_ARG["leaky_relu"] if arg is None else arg
-    if name in ("tanh", "sigmoid", "selu"):
-        return name, None
-    if name in ("identity",):
-        return "linear", None
-    return "relu", None  # relu, elu, gelu, maxout: the He gain
-
-
 # ---------------------------------------------------------------------------------------------- initializers
 
 
@@ -291,7 +276,3 @@ def weight_decay_groups(model: nn.Module, weight_decay: float, skip_norm_and_bia
         (no_decay if skip_norm_and_bias and (p.dim() <= 1 or name.endswith(".bias")) else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
-
-def conv_out_size(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:
-    """Output length of a conv / pool along one axis."""
-    return (size + 2 * padding - kernel) // stride + 1

@@ -91,6 +91,10 @@ class MobileNetV1(PooledClassifierNet):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.stage3(self.stage2(self.stage1(x)))
 
+    def trunk_modules(self) -> list[tuple[str, nn.Module]]:
+        """stage1, stage2, stage3 (the stem conv is stage1.0)."""
+        return [("stage1", self.stage1), ("stage2", self.stage2), ("stage3", self.stage3)]
+
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         """stem (the first conv), blocks (stage<i>.<j>, or stage<i> when coarse), head (fc)."""
         return {

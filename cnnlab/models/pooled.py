@@ -25,6 +25,9 @@ class PooledClassifierNet(ClassifierNet):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def trunk_modules(self) -> list[tuple[str, nn.Module]]:
+        raise NotImplementedError
+
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.global_pool(x)
         x = self.head_drop(x)

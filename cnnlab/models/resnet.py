@@ -246,6 +246,11 @@ class ResNet(PooledClassifierNet):
             x = getattr(self, f"layer{i + 1}")(x)
         return self.act_final(self.bn_final(x))
 
+    def trunk_modules(self) -> list[tuple[str, nn.Module]]:
+        """stem, layer1..N, the final norm (pre-activation models; identity otherwise): `forward_features`."""
+        names = ["conv1", "bn1", "act1", "maxpool"] + [f"layer{i + 1}" for i in range(self.num_stages)]
+        return [(n, getattr(self, n)) for n in names + ["bn_final", "act_final"]]
+
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         """stem (conv1, bn1), blocks (layer<i>.<j>; layer<i> when coarse), head (final norm, classifier)."""
         return {
