@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,9 +27,13 @@ class DoctorReport:
     checks: list[Check] = field(default_factory=list)
     out: Path | None = None
     details: dict[str, Any] = field(default_factory=dict)  # per-layer numbers and curves behind the checks
+    listener: Callable[[Check], None] | None = None  # told of each check as it is added (the rows as they come)
 
     def add(self, *checks: Check) -> None:
         self.checks.extend(checks)
+        for c in checks:
+            if self.listener is not None:
+                self.listener(c)
 
     @property
     def failed(self) -> list[Check]:
@@ -62,6 +67,12 @@ class DoctorReport:
 
 
 STYLE = {OK: "green", WARN: "yellow", FAIL: "bold red"}
+
+
+def format_row(c: Check) -> str:
+    """One check on one line, as it is done: status, name, what was measured, and what to do when not ok."""
+    line = f"{c.status:>4}  {c.name}: {c.value}"
+    return line + (f" -> {c.advice}" if c.advice and c.status != OK else "")
 
 
 def print_report(report: DoctorReport, console) -> None:

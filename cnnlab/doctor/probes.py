@@ -1,10 +1,12 @@
-"""Checks 2-4 on one batch: the initial loss against chance, the activations of one forward pass (vanishing,
-saturated, dead ReLU, identical units), the gradient norms and the update / weight ratio of one optimizer step."""
+"""Checks 2-4 on one batch: the initial loss against chance and the activations (vanishing, saturated, dead ReLU,
+identical units) of one eval-mode forward pass; the gradient norms and the update / weight ratio of one training
+step (forward, backward, optimizer step), whose time sets the budget of the training checks."""
 
 from __future__ import annotations
 
 import copy
 import math
+import time
 
 import torch
 from torch import nn
@@ -18,14 +20,17 @@ ADAPTIVE_HIGH = 5e-2  # Adam-like first steps move every weight by about lr: a w
 
 
 def initial_loss_check(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                       num_classes: int) -> tuple[list[Check], dict]:
-    """The loss before any step against the loss of a uniform prediction (ln C for cross-entropy)."""
+                       num_classes: int, out: torch.Tensor | None = None) -> tuple[list[Check], dict]:
+    """The loss before any step against the loss of a uniform prediction (ln C for cross-entropy). `out`: the
+    model's eval-mode output on x when it was computed already (`activation_stats` returns it)."""
     if int(y.max()) >= num_classes or int(y.min()) < 0:
         return [Check("initial loss", FAIL, f"labels {int(y.min())}..{int(y.max())}", f"0..{num_classes - 1}",
                       "labels out of range: check the label column / class folders")], {}
-    model.eval()
     with torch.no_grad():
-        out = main_output(model(x)).float()
+        if out is None:
+            model.eval()
+            out = model(x)
+        out = main_output(out).float()
         loss = float(loss_fn(out, y))
         chance = float(loss_fn(torch.zeros_like(out), y))
     share = torch.bincount(predicted_classes(out), minlength=num_classes).max().item() / len(y)
@@ -49,8 +54,9 @@ def initial_loss_check(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y:
     return [Check("initial loss", OK, value, expected)], info
 
 
-def activation_stats(model: nn.Module, x: torch.Tensor) -> list[dict]:
-    """Per activation layer: mean, std, dead fraction of units (ReLU family), saturated fraction (tanh / sigmoid)."""
+def activation_stats(model: nn.Module, x: torch.Tensor) -> tuple[list[dict], torch.Tensor]:
+    """Per activation layer: mean, std, dead fraction of units (ReLU family), saturated fraction (tanh / sigmoid);
+    and the model's output, so the initial-loss check needs no second forward pass."""
     stats: list[dict] = []
     hooks = []
 
@@ -71,11 +77,11 @@ def activation_stats(model: nn.Module, x: torch.Tensor) -> list[dict]:
     model.eval()
     try:
         with torch.no_grad():
-            model(x)
+            out = model(x)
     finally:
         for h in hooks:
             h.remove()
-    return stats
+    return stats, out
 
 
 def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -93,8 +99,8 @@ def symmetric_layers(model: nn.Module) -> list[str]:
     return out
 
 
-def init_checks(model: nn.Module, x: torch.Tensor) -> tuple[list[Check], list[dict]]:
-    stats = activation_stats(model, x)
+def init_checks(model: nn.Module, stats: list[dict]) -> tuple[list[Check], list[dict]]:
+    """Symmetric units, and the activation statistics of one forward pass (`activation_stats`)."""
     checks = []
     sym = symmetric_layers(model)
     if sym:
@@ -147,13 +153,14 @@ def unit_checks(stats: list[dict]) -> list[Check]:
 
 
 def gradient_checks(model: nn.Module, loss_fn: nn.Module, optimizer_fn, x: torch.Tensor, y: torch.Tensor,
-                    adaptive: bool) -> tuple[list[Check], list[dict]]:
-    """Per-layer gradient norms of one batch and the update / weight ratio after one optimizer step (on a copy)."""
+                    adaptive: bool) -> tuple[list[Check], list[dict], float]:
+    """Per-layer gradient norms of one batch and the update / weight ratio after one optimizer step (on a copy);
+    and the seconds a (second, warm) training step of len(x) images takes."""
     net = copy.deepcopy(model).train()
     params = [(n, p) for n, p in net.named_parameters() if p.requires_grad and p.dim() > 1]
     if not params:
         return [Check("gradients", FAIL, "no trainable weights", "trainable layers",
-                      "every layer is frozen: unfreeze the head (or --strategy fine-tune)")], []
+                      "every layer is frozen: unfreeze the head (or --strategy fine-tune)")], [], 0.0
     optimizer = optimizer_fn(net)
     optimizer.zero_grad(set_to_none=True)
     loss_fn(main_output(net(x)), y).backward()
@@ -165,7 +172,12 @@ def gradient_checks(model: nn.Module, loss_fn: nn.Module, optimizer_fn, x: torch
         w = before[n].norm().item()
         rows.append({"layer": n, "grad_norm": grads[n], "weight_norm": w,
                      "update_ratio": (p.detach() - before[n]).norm().item() / w if w > 0 else float("nan")})
-    return [grad_norm_check(rows), update_check(rows, adaptive)], rows
+    t0 = time.perf_counter()  # a second step, warm (the first one pays for allocations): the budget's unit
+    optimizer.zero_grad(set_to_none=True)
+    loss_fn(main_output(net(x)), y).backward()
+    optimizer.step()
+    seconds = time.perf_counter() - t0
+    return [grad_norm_check(rows), update_check(rows, adaptive)], rows, seconds
 
 
 def grad_norm_check(rows: list[dict]) -> Check:

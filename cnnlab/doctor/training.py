@@ -39,7 +39,7 @@ def trainable(net: nn.Module) -> list[nn.Parameter]:
 
 
 def overfit_check(model: nn.Module, loss_fn, optimizer_fn, x: torch.Tensor, y: torch.Tensor, batch: int = 32,
-                  max_steps: int = 150) -> tuple[list[Check], dict]:
+                  max_steps: int = 150, tick: Callable[[], None] | None = None) -> tuple[list[Check], dict]:
     """Two batches, no augmentation or regularization: near 100% train accuracy within the step budget."""
     net = copy.deepcopy(model).train()
     expected = f"~100% of {len(y)} images within {max_steps} steps"
@@ -54,6 +54,8 @@ def overfit_check(model: nn.Module, loss_fn, optimizer_fn, x: torch.Tensor, y: t
     for steps in range(1, max_steps + 1):
         i = (steps % max(len(y) // batch, 1)) * batch
         losses.append(step(net, optimizer, loss_fn, x[i:i + batch], y[i:i + batch])[0])
+        if tick is not None:
+            tick()
         if steps % 10 == 0:
             acc = accuracy(net, x, y)
             if acc >= 0.99:
@@ -69,7 +71,7 @@ def overfit_check(model: nn.Module, loss_fn, optimizer_fn, x: torch.Tensor, y: t
 
 
 def lr_sweep(model: nn.Module, loss_fn, optimizer_fn, x: torch.Tensor, y: torch.Tensor, seed: int, steps: int,
-             batch: int, lo: float = 1e-6, hi: float = 1.0) -> dict:
+             batch: int, lo: float = 1e-6, hi: float = 1.0, tick: Callable[[], None] | None = None) -> dict:
     """One exponential sweep from lo to hi (on a copy: the model and its optimizer are untouched)."""
     net = copy.deepcopy(model).train()
     optimizer = optimizer_fn(net)
@@ -81,6 +83,8 @@ def lr_sweep(model: nn.Module, loss_fn, optimizer_fn, x: torch.Tensor, y: torch.
             g["lr"] = lr
         idx = torch.randint(0, len(y), (batch,), generator=gen)
         loss = step(net, optimizer, loss_fn, x[idx], y[idx])[0]
+        if tick is not None:
+            tick()
         smooth = loss if smooth is None else 0.8 * smooth + 0.2 * loss
         if not math.isfinite(smooth) or smooth > 4 * best:
             break
@@ -99,9 +103,10 @@ def suggest(lrs: list[float], losses: list[float]) -> float:
 
 
 def lr_find(model: nn.Module, loss_fn, optimizer_fn, x: torch.Tensor, y: torch.Tensor, seeds: int = 3,
-            steps: int = 100, batch: int = 64) -> dict:
-    """The range test over `seeds` batch orders: the geometric mean of the suggestions and their spread."""
-    sweeps = [lr_sweep(model, loss_fn, optimizer_fn, x, y, seed, steps, batch) for seed in range(seeds)]
+            steps: int = 100, batch: int = 64, tick: Callable[[], None] | None = None) -> dict:
+    """The range test over `seeds` batch orders: the geometric mean of the suggestions and their spread. A sweep
+    stops as soon as its smoothed loss has clearly diverged (4x its lowest)."""
+    sweeps = [lr_sweep(model, loss_fn, optimizer_fn, x, y, seed, steps, batch, tick=tick) for seed in range(seeds)]
     logs = [math.log10(s["suggested"]) for s in sweeps]
     mean = sum(logs) / len(logs)
     return {"suggested": 10 ** mean, "low": 10 ** min(logs), "high": 10 ** max(logs), "sweeps": sweeps}
@@ -127,8 +132,10 @@ def lr_check(found: dict, lr: float) -> list[Check]:
 
 
 def probe(model: nn.Module, loss_fn, optimizer_fn: Callable, train: tuple, val: tuple | None, chance_acc: float,
-          chance_loss: float, steps: int = 150, batch: int = 64, seed: int = 0) -> tuple[list[Check], dict]:
-    """A short training run at the set lr: plateau then fall (bad init), rise / NaN (lr too high), val vs train."""
+          chance_loss: float, steps: int = 150, batch: int = 64, seed: int = 0,
+          tick: Callable[[], None] | None = None, eval_images: int | None = None) -> tuple[list[Check], dict]:
+    """A short training run at the set lr: plateau then fall (bad init), rise / NaN (lr too high), val vs train.
+    It stops early once the loss is not finite or has clearly diverged (10x its start, the verdict's bound)."""
     net = copy.deepcopy(model).train()
     if not trainable(net):
         return [], {}
@@ -139,9 +146,14 @@ def probe(model: nn.Module, loss_fn, optimizer_fn: Callable, train: tuple, val: 
     for _ in range(steps):
         idx = torch.randint(0, len(y), (batch,), generator=gen)
         losses.append(step(net, optimizer, loss_fn, x[idx], y[idx])[0])
-        if not math.isfinite(losses[-1]):
+        if tick is not None:
+            tick()
+        if not math.isfinite(losses[-1]) or losses[-1] > 10 * losses[0]:
             break
     info = {"losses": losses}
+    if eval_images is not None:  # the accuracies on the first images of the (shuffled) subsets
+        train = (train[0][:eval_images], train[1][:eval_images])
+        val = (val[0][: eval_images // 2], val[1][: eval_images // 2]) if val is not None else None
     return probe_verdict(net, losses, train, val, chance_acc, chance_loss, info), info
 
 
