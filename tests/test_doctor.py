@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import dataset_path, make_image_folder
+from PIL import Image
 from torch import nn
 
 import cnnlab
@@ -132,8 +133,40 @@ def test_few_photos_on_a_large_model_from_scratch_get_the_data_advice(tmp_path):
     folder = make_image_folder(tmp_path / "photos", per_class=100, size=16)
     report = diagnose(str(folder), model="mlp", model_kwargs={"hidden": [4096]})
     check = report.get("data: size vs model")
-    assert check.status == "warn"
-    assert "from scratch: expect heavy overfitting" in check.advice and "feature-extract" in check.advice
+    assert check.status == "warn" and "from scratch" in check.value
+    assert "expect heavy overfitting" in check.advice and "feature-extract" in check.advice
+    n_images = check.value.split(" images")[0]
+    assert f"{n_images} images" not in check.advice  # the measurement is said once, in its own cell
+
+
+def test_far_too_few_images_for_the_model_fail_first_with_the_command_to_run_instead(tmp_path):
+    folder = make_image_folder(tmp_path / "photos", per_class=20, size=16)
+    report = diagnose(str(folder), model="mlp", model_kwargs={"hidden": [4096]})
+    first = report.checks[0]
+    assert first.name == "data: size vs model" and first.status == "fail" and report.exit_code == 1
+    assert f"cnnlab train {folder} --model timm:resnet18 --pretrained --strategy auto" in first.advice
+
+
+def test_a_transfer_run_under_the_models_own_normalization_gets_no_centring_warning(tmp_path, capsys):
+    """Inputs normalised with a pretrained model's mean / std are off-centre on dark photos, as the model expects:
+    the check reports them and tells nobody to switch to --normalize standardize."""
+    folder = tmp_path / "dark"
+    for label in ("a", "b"):
+        (folder / label).mkdir(parents=True)
+        for i in range(12):
+            arr = np.random.default_rng(i).integers(0, 40, (16, 16, 3), dtype=np.uint8)
+            arr[:8, :8] += 60 if label == "a" else 0
+            Image.fromarray(arr).save(folder / label / f"{i}.png")
+    weights = tmp_path / "mnv1.pt"
+    torch.save(create_model("mobilenet_v1", 1000, width=0.25).state_dict(), weights)
+    cnnlab.fit(str(folder), model="mobilenet_v1", model_kwargs={"width": 0.25}, weights=str(weights),
+               strategy="feature-extract", epochs=1, out=str(tmp_path / "run"), quiet=True, tensorboard=False)
+    out = capsys.readouterr().out
+    assert "input statistics" not in out and "zero-centre" not in out
+    report = diagnose(str(folder), model="mobilenet_v1", model_kwargs={"width": 0.25}, weights=str(weights),
+                      strategy="feature-extract")
+    check = report.get("data: input statistics")
+    assert check.status == "ok" and "pretrained model's mean / std" in check.value
 
 
 def test_a_healthy_seed_cnn_on_mnist_is_all_ok_and_exits_0(tmp_path, capsys):
@@ -212,3 +245,19 @@ def test_the_probed_images_mix_the_classes_of_a_class_ordered_folder(tmp_path):
     x, y = subset(data, "train", 2000, lambda t: t)
     assert len(y) == len(data.splits["train"].y) and 20 <= int(y[:64].sum()) <= 44
     assert torch.equal(torch.sort(y).values, torch.sort(data.splits["train"].y).values)  # the same images, shuffled
+
+
+def test_rows_come_as_each_check_is_done_and_a_shortened_check_says_so(tmp_path, monkeypatch, capsys):
+    """The doctor talks while it works: a row per check as soon as it is done (before the final table), the plan
+    of the training checks with its estimate, and a check shortened to fit the time budget says so in its row."""
+    from cnnlab.doctor import run as doctor_run
+
+    monkeypatch.setattr(doctor_run, "QUICK_BUDGET_S", 0.0)  # no time left: the shortest plan
+    assert main(["doctor", "digits", "--quick", "--out", str(tmp_path / "doc")]) == 0
+    out = capsys.readouterr().out
+    table = out.index("┏")
+    assert out.index("  ok  data: counts:") < out.index("doctor: training checks:") < table
+    assert out.index("  ok  training probe:") < table
+    for name in ("overfit tiny", "lr range test", "training probe"):
+        row = next(line for line in out.splitlines() if line.startswith(f"  ok  {name}:"))
+        assert "shortened to fit the time budget" in row
