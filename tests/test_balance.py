@@ -267,3 +267,17 @@ def test_the_threshold_of_a_streamed_run_equals_the_in_memory_one(tmp_path, one_
                              f"data.memory_budget_mb={budget}", "data.cache=false", "data.workers=0"])
         picked.append(run.metrics["threshold"]["value"])
     assert picked[0] == picked[1] and 0.0 < picked[0] < 1.0
+
+
+def test_an_imbalanced_train_split_is_announced_once(tmp_path, capsys):
+    """One message per fact: the counts line, then one warning that says it is imbalanced, what the run does about
+    it (the monitor) and what the user can do (was three lines in three wordings: plan, plan note, cheap check)."""
+    import cnnlab
+
+    data = _write_binary(tmp_path)  # ratio 4
+    cnnlab.fit(str(data), model="mlp", epochs=1, batch_size=32, out=str(tmp_path / "run"), quiet=True,
+               tensorboard=False, precision="fp32")
+    out = capsys.readouterr().out.replace(str(tmp_path), "TMP")  # its name holds the word too
+    lines = [line for line in out.splitlines() if "imbalanced" in line]
+    assert len(lines) == 1, lines
+    assert "ratio 4.0" in lines[0] and "val_roc_auc" in lines[0] and "--balance" in lines[0]

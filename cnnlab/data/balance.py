@@ -251,13 +251,17 @@ def plan_balance(cfg, labels: torch.Tensor, num_classes: int, has_val: bool,
                        threshold="threshold" in methods, loss=cfg.train.loss, weights=b.weights,
                        monitor=cfg.callbacks.monitor)
     log(f"train class counts: {_format_counts(counts)}; imbalance ratio {ratio:.2f}")
-    if ratio >= WARN_RATIO and not methods:
-        log(f"warning: the train split is imbalanced (ratio {ratio:.1f}); consider --balance oversample, "
-            "class_weights or focal")
     _resolve_loss(cfg, counts, methods, binary, plan)
+    follow = ""
     if plan.imbalanced and plan.monitor == "auto":
         plan.monitor = ("val_roc_auc" if binary else "val_balanced_accuracy") if has_val else "balanced_accuracy"
-        plan.notes.append(f"imbalanced train split: checkpoints and early stopping follow {plan.monitor}")
+        follow = f"checkpoints and early stopping follow {plan.monitor}"
+    warned = ratio >= WARN_RATIO and not methods
+    if warned:  # one line says it all: imbalanced, what follows from it, what to do
+        log(f"warning: imbalanced train split (ratio {ratio:.1f})" + (f": {follow}" if follow else "")
+            + "; consider --balance oversample, class_weights or focal")
+    if follow:
+        plan.notes.append(f"imbalanced train split: {follow}")
     if len(rebalancers) > 1:
         plan.notes.append(f"warning: double correction applied on purpose ({' + '.join(rebalancers)}, "
                           "balance.allow_double=true)")
@@ -265,7 +269,8 @@ def plan_balance(cfg, labels: torch.Tensor, num_classes: int, has_val: bool,
         if m not in ("class_weights", "focal"):
             plan.notes.append(f"{m}: {METHODS[m]}")
     for note in plan.notes:
-        log(f"balance: {note}")
+        if not (warned and note.startswith("imbalanced train split")):  # the warning said it
+            log(f"balance: {note}")
     return plan
 
 
