@@ -20,7 +20,14 @@ import torch
 from torch import nn
 
 from cnnlab.config import Config
-from cnnlab.data.dataset import DecodedSplit, ImageGeometry, decode_image, decode_split, set_max_image_pixels
+from cnnlab.data.dataset import (
+    DecodedSplit,
+    ImageGeometry,
+    decode_image,
+    decode_split,
+    set_max_image_pixels,
+    unreadable_reason,
+)
 from cnnlab.data.readers import DataSource, list_images, load_source
 from cnnlab.errors import CnnlabError
 from cnnlab.models.rewrite import pool_before_activation
@@ -240,7 +247,7 @@ def decoded_batches(items: list[tuple[str, Any]], geom: ImageGeometry, resize: s
         try:
             return decode_image(item[1](), geom.channels, geom.size[0], resize)
         except Exception as e:  # noqa: BLE001  (a bad image is reported, never fatal)
-            return type(e).__name__
+            return unreadable_reason(e)
 
     chunks = [items[i : i + batch] for i in range(0, len(items), batch)]
     with ThreadPoolExecutor(max_workers=threads) as pool:

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from cnnlab.data.dataset import unreadable_reason
 from cnnlab.data.readers import DataSource, load_source
 
 
@@ -63,11 +64,8 @@ def inspect_data(data: str, val_split: float = 0.2, max_files: int = 50_000, **o
                 data = src.container.read(ref)
                 hashes.setdefault(hashlib.blake2b(data, digest_size=16).hexdigest(), []).append((split_name, ident))
                 size, mode = check_image(data)
-            except Image.DecompressionBombError as e:
-                result.unreadable.append((ident, f"image too large ({e})"))
-                continue
             except Exception as e:  # noqa: BLE001  (reported, not fatal)
-                result.unreadable.append((ident, f"unreadable image ({type(e).__name__})"))
+                result.unreadable.append((ident, unreadable_reason(e)))
                 continue
             result.sizes[size] += 1
             result.modes[mode] += 1

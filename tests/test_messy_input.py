@@ -149,7 +149,8 @@ def test_train_on_messy_folder_to_the_end(messy_folder, tmp_path):
     lines = skipped.strip().splitlines()
     reasons = dict(line.split("\t", 1) for line in lines)
     assert "cats/truncated.jpg" in reasons and reasons["cats/truncated.jpg"].startswith("unreadable image")
-    assert "cats/random.jpg" in reasons
+    assert "cats/random.jpg" in reasons and "not an image file" in reasons["cats/random.jpg"]
+    assert "0x" not in skipped and "<_io" not in skipped  # said in words, never a Python object's repr
     assert "decompression-bomb" in reasons["cats/huge.png"]
     assert reasons["cats/notes.txt"] == "not an image file extension"
     assert reasons["cats/.DS_Store"] == reasons[".hidden/secret.png"] == "hidden or system file"

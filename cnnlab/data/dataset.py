@@ -10,13 +10,14 @@ from __future__ import annotations
 import hashlib
 import inspect
 import io
+import re
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from cnnlab.data.readers import DataSource, Split
 from cnnlab.errors import CnnlabError
@@ -168,15 +169,30 @@ class DecodedSplit:
         return len(self.y)
 
 
+OBJECT_REPR = re.compile(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>")  # e.g. <_io.BytesIO object at 0x7f66eb00c130>
+
+
+def unreadable_reason(error: BaseException) -> str:
+    """Why an image file cannot be used, in words (for skipped.txt and the console), without Python reprs."""
+    text = OBJECT_REPR.sub("", str(error)).strip()
+    if isinstance(error, Image.DecompressionBombError):
+        return "image too large (over the decompression-bomb limit, data.max_image_pixels)"
+    if isinstance(error, UnidentifiedImageError):
+        return "unreadable image: not an image file (no image format recognised: empty, damaged or another kind)"
+    if isinstance(error, OSError) and "truncated" in text:
+        return "unreadable image: the file is truncated (it ends before the image data does)"
+    if isinstance(error, (OSError, SyntaxError, ValueError)) and text:
+        return f"unreadable image: damaged image data ({text[:80]})"
+    return f"unreadable image ({type(error).__name__}{': ' + text[:80] if text else ''})"
+
+
 def decode_or_reason(args) -> np.ndarray | str:
     """(container, ref, geom, policy) -> the decoded (H, W, C) image, or why it is skipped (never raises)."""
     container, ref, geom, policy = args
     try:
         return decode_image(container.read(ref), geom.channels, geom.size[0], policy)
-    except Image.DecompressionBombError:
-        return "image too large (decompression-bomb limit)"
     except Exception as e:  # noqa: BLE001  (any unreadable file is skipped, never fatal)
-        return f"unreadable image ({type(e).__name__}: {str(e)[:80]})"
+        return unreadable_reason(e)
 
 
 def decode_split(src: DataSource, split: Split, geom: ImageGeometry, policy: str = "crop",
