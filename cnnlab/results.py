@@ -51,5 +51,6 @@ def print_final(run: Any, log: Callable[[str], None]) -> None:
         log(line)
     keys = run.predictor.task.final_keys(m)
     parts = [f"{s} " + " ".join(f"{k} {m[s][k]:.4f}" for k in keys if k in m[s]) for s in ("val", "test") if s in m]
-    log(f"Done in {m['wall_time_s']:.1f}s ({m['epochs_run']} epochs). Best weights: " + ", ".join(parts))
+    log(f"Done in {m['wall_time_s']:.1f}s ({m['epochs_run']} epochs, {m['train_time_s']:.1f}s of them training). "
+        "Best weights: " + ", ".join(parts))
     log(f"Run folder: {run.dir}")

@@ -83,8 +83,8 @@ def train(cfg: Config, run_dir: RunDir, resume_state: dict | None = None, callba
     `before(cfg, run_dir, setup, log) -> cfg`: called once data and model exist (recipe.Setup), before anything is
     decided from the config (fit passes the doctor's cheap checks and its `--lr find`)."""
     console = console or make_console(cfg.verbose if dist.is_writer() else 0)  # rank 0 prints for the job
+    t0 = time.perf_counter()  # the run's wall time: from reading the data (and computing features) to the end
     session = start(cfg, run_dir, resume_state, list(callbacks or []), console, before)
-    t0 = time.perf_counter()
     run_epochs(session, resume_state)
     return finish(session, time.perf_counter() - t0)
 

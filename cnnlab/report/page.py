@@ -90,8 +90,8 @@ def _training_table(p: Parts) -> str:
     times = [h["time"] for h in p.info.history if isinstance(h.get("time"), (int, float))]
     best = f"{p.info.best_epoch} on {m.get('monitor')}" if p.info.best_epoch else "n/a"
     return kv_table([("epochs run", m.get("epochs_run")), ("best epoch", best),
-                     ("training time", f"{m.get('train_time_s', 0):.1f} s"),
-                     ("whole command", f"{m.get('wall_time_s', 0):.1f} s"),
+                     ("training loop (epochs)", f"{m.get('train_time_s', 0):.1f} s"),
+                     ("whole run (reading the data to the final metrics)", f"{m.get('wall_time_s', 0):.1f} s"),
                      ("mean epoch", f"{np.mean(times):.2f} s" if times else "n/a"),
                      ("optimizer", f"{t.get('optimizer')}, lr {t.get('lr') or 'default'}, batch {t.get('batch_size')}"
                                    f", {t.get('schedule')} schedule, loss {t.get('loss')}"),
