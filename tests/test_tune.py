@@ -202,21 +202,22 @@ def test_a_diverging_trial_fails_with_its_reason(tmp_path):
 
 def test_tpe_with_hyperband_pruning(tmp_path):
     out = tmp_path / "search"
-    r = tune_cli("digits", *BASE, "--epochs", "3", "--trials", "4", "--sampler", "tpe", "--pruner", "hyperband",
+    r = tune_cli("digits", *BASE, "--epochs", "3", "--trials", "3", "--sampler", "tpe", "--pruner", "hyperband",
                  "--out", str(out))
     assert r.returncode == 0, r.stderr
     record = json.loads((out / "tune.json").read_text())
-    assert len(record["trials"]) == 4 and record["counts"]["FAIL"] == 0 and record["counts"]["RUNNING"] == 0
+    assert len(record["trials"]) == 3 and record["counts"]["FAIL"] == 0 and record["counts"]["RUNNING"] == 0
 
 
-def test_a_timeout_starts_no_trial_after_it_has_passed(tmp_path):
+def test_a_timeout_starts_no_trial_after_it_has_passed(tmp_path, one_thread):
     """--timeout is checked between trials (the first always runs): a timeout shorter than any trial runs one
     trial of the 50 asked for, on every machine."""
-    out = tmp_path / "search"
-    r = tune_cli("digits", *BASE, "--epochs", "1", "--trials", "50", "--timeout", "0.01", "--out", str(out))
-    assert r.returncode == 0, r.stderr
-    record = json.loads((out / "tune.json").read_text())
-    assert len(record["trials"]) == 1 and record["counts"]["COMPLETE"] == 1
+    from cnnlab.tune.search import tune
+
+    cfg = build_config("digits", model="seed_cnn", epochs=1, precision="fp32", batch_size=64, tensorboard=False,
+                       out=str(tmp_path / "search"))
+    out = tune(cfg, trials=50, timeout=0.01, log=lambda m: None)
+    assert [t.state.name for t in study_trials(out)] == ["COMPLETE"]
 
 
 def test_rerunning_with_other_settings_in_the_same_folder_is_refused(tmp_path):
@@ -439,3 +440,52 @@ def test_confirm_reruns_the_top_configurations_with_other_seeds(tmp_path):
     assert folders == sorted(f"{row['number']:04d}-seed{s}" for row in result["rows"] for s in (1, 2))
     cfg = build_config(config=str(out / "confirmed.yaml"))
     assert cfg.train.seed == 1 and cfg.out is None
+
+
+def test_in_a_log_the_table_shows_every_value_in_full(tmp_path):
+    """Not a terminal (a log file, CI): rich would cut the columns to 80 characters (`0.00…`, `comp…`)."""
+    import io
+
+    import optuna
+    from rich.console import Console
+
+    from cnnlab.tune.results import print_table
+    from cnnlab.tune.study import quiet_optuna
+
+    quiet_optuna()
+    study = optuna.create_study(direction="maximize")
+    for i, lr in enumerate((0.00123456, 0.0456789, 0.000987654)):
+        study.add_trial(optuna.trial.create_trial(
+            params={"train.lr": lr, "train.schedule": ["onecycle", "cosine", "step"][i]},
+            distributions={"train.lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True),
+                           "train.schedule": optuna.distributions.CategoricalDistribution(["onecycle", "cosine",
+                                                                                           "step"])},
+            value=0.9 + i / 100, user_attrs={"epochs": 3}))
+    buffer = io.StringIO()
+    console = Console(file=buffer, highlight=False)  # a file: not a terminal
+    rows = [t for t in study.trials if t.state.name == "COMPLETE"]
+    print_table(rows, "val_accuracy", console)
+    text = buffer.getvalue()
+    assert "…" not in text and "0.00123456" in text and "0.000987654" in text and "complete" in text
+    assert "a pruned trial's: its last reported epoch's" in text
+
+
+def test_a_pruned_trial_has_one_value_the_one_the_study_records(tmp_path, monkeypatch, one_thread):
+    """The live line printed the run's best epoch, the table Optuna's value of a pruned trial (its last reported
+    epoch): 0.9331 against 0.9078. Now both are the study's."""
+    import optuna
+    from optuna.trial import Trial
+
+    from cnnlab.tune.space import parse_space
+    from cnnlab.tune.study import quiet_optuna
+    from cnnlab.tune.trial import run_trial
+
+    quiet_optuna()
+    report = Trial.report
+    monkeypatch.setattr(Trial, "report", lambda self, value, step: report(self, value - 0.5, step))  # last != best
+    base = build_config("digits", model="seed_cnn", epochs=3, precision="fp32", batch_size=64, tensorboard=False)
+    params = parse_space({"train.lr": {"choice": [1e-3]}}, base, "test")
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=2.0))
+    outcome = run_trial(study, study.ask(), False, base, params, tmp_path)
+    best = json.loads((tmp_path / "trials" / "0000" / "metrics.json").read_text())["best"]["val_accuracy"]
+    assert outcome.state == "PRUNED" and outcome.value == study.trials[0].value == pytest.approx(best - 0.5)

@@ -73,17 +73,32 @@ def differing(trials: list[FrozenTrial]) -> list[str]:
 
 
 def print_table(rows: list[FrozenTrial], monitor: str, console: Any, top: int = 10) -> None:
+    """The top trials: one value each (the best epoch's of a complete trial, the last reported epoch's of a pruned
+    one, as Optuna records them). On a terminal a rich table; in a log (not a terminal) plain columns with every
+    value in full, since rich would cut them to the 80 columns it assumes there."""
     from rich.table import Table
 
     shown = rows[:top]
     keys = differing(shown) or differing(rows)
-    table = Table(title=f"top {len(shown)} of {len(rows)} trials ({monitor} on val)")
-    for name in ("#", monitor, "state", "ep", *short_names(keys)):
+    full = not console.is_terminal
+    header = ["#", monitor, "state", "ep", *short_names(keys)]
+    body = [[str(t.number), f"{t.value:.4f}" if t.value is not None else "-", t.state.name.lower(),
+             str(t.user_attrs.get("epochs", "-")), *(format_param(t.params.get(k), full) for k in keys)]
+            for t in shown]
+    title = (f"top {len(shown)} of {len(rows)} trials ({monitor} on val: the best epoch's; a pruned trial's: its "
+             "last reported epoch's)")
+    if full:
+        widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+        console.print(title, markup=False, soft_wrap=True)
+        for r in [header, *body]:
+            console.print("  ".join(c.rjust(w) if i != 2 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))),
+                          markup=False, soft_wrap=True)
+        return
+    table = Table(title=title)
+    for name in header:
         table.add_column(name, justify="right" if name != "state" else "left", no_wrap=True)
-    for t in shown:
-        value = f"{t.value:.4f}" if t.value is not None else "-"
-        cells = [format_param(t.params.get(k)) for k in keys]
-        table.add_row(str(t.number), value, t.state.name.lower(), str(t.user_attrs.get("epochs", "-")), *cells)
+    for r in body:
+        table.add_row(*r)
     console.print(table)
 
 
@@ -93,9 +108,10 @@ def short_names(keys: list[str]) -> list[str]:
     return [s if last.count(s) == 1 else k for k, s in zip(keys, last)]
 
 
-def format_param(v: Any) -> str:
+def format_param(v: Any, full: bool = False) -> str:
+    """A searched value: 3 significant digits in a terminal's table, 6 (and never cut) in a log."""
     if isinstance(v, float):
-        return f"{v:.3g}"
+        return f"{v:.6g}" if full else f"{v:.3g}"
     return "-" if v is None else str(v)
 
 

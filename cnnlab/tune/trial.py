@@ -121,8 +121,8 @@ def run_trial(study: optuna.Study, trial: Trial, resumed: bool, base: Config, pa
         return Outcome(trial.number, "FAIL", None, values, 0, time.perf_counter() - t0, reason)
     trial.set_user_attr("epochs", epochs)
     if report.pruned_at is not None or (resumed and pruned_run(folder, epochs)):
-        study.tell(trial, state=TrialState.PRUNED)
-        return Outcome(trial.number, "PRUNED", value, values, epochs, time.perf_counter() - t0)
+        told = study.tell(trial, state=TrialState.PRUNED)  # Optuna records the last reported epoch's value
+        return Outcome(trial.number, "PRUNED", told.value, values, epochs, time.perf_counter() - t0)
     study.tell(trial, float(value))
     return Outcome(trial.number, "COMPLETE", float(value), values, epochs, time.perf_counter() - t0)
 
