@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 from conftest import dataset_path, make_image_folder
+from PIL import Image
 
 import cnnlab
 from cnnlab.errors import CnnlabError
@@ -157,3 +158,31 @@ def test_transfer_runs_export(strategy, tmp_path):
     result = export_run(run.dir, raw_input=True, softmax=True)
     assert result.parity["top1_agreement"] == 1.0 and result.parity["max_abs_prob_diff"] < 1e-4
     assert result.parity["images"] == 4  # the whole val split (20% of each class of 12)
+
+
+def test_predict_and_export_say_which_precision_each_computes_in(tmp_path, capsys):
+    """A bf16 run predicts in bf16 while its export computes in fp32: both outputs say so, and the export measures
+    how often `cnnlab predict` agrees with it (flowers12: 3 of 240 labels differed, while parity said 100%)."""
+    from sklearn.datasets import load_digits
+
+    from cnnlab.cli import main
+
+    run = cnnlab.fit("digits", epochs=1, precision="bf16", out=str(tmp_path / "run"), quiet=True, tensorboard=False)
+    result = export_run(run.dir)
+    p = result.parity
+    assert p["torch_precision"] == "fp32" and p["predict_precision"] == "bf16"
+    assert 0.9 <= p["predict_top1_agreement"] <= 1.0
+    assert main(["export", str(run.dir), "--check", "64"]) == 0
+    assert "cnnlab predict computes in bf16 here" in capsys.readouterr().out
+    images = tmp_path / "imgs"
+    images.mkdir()
+    d = load_digits()
+    for i in range(3):
+        Image.fromarray(np.clip(d.images[i] * 16, 0, 255).astype(np.uint8), "L").save(images / f"d{i}.png")
+    said = {}
+    for extra in ([], ["--precision", "fp32"], ["--backend", "onnx"]):
+        assert main(["predict", str(run.dir), str(images), *extra]) == 0
+        said[" ".join(extra)] = capsys.readouterr().out.strip().splitlines()[-1]
+    assert said[""] == "3 images predicted in bf16 by PyTorch on cpu"
+    assert said["--precision fp32"] == "3 images predicted in fp32 by PyTorch on cpu"
+    assert said["--backend onnx"] == "3 images predicted in fp32 by ONNX Runtime (the export)"

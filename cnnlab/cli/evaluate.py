@@ -33,6 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--id-format", default="auto", choices=("auto", "name", "stem", "path"))
     p.add_argument("--weights", default="best", choices=("best", "last"))
     p.add_argument("--device")
+    p.add_argument("--precision", help="fp32, bf16 or fp16 (default: the run's own; an ONNX export computes in fp32)")
     p.add_argument("--show", type=int, default=20, help="rows to print (default 20)")
     p.add_argument("--backend", default="torch", choices=("torch", "onnx"),
                    help="torch, or onnx: ONNX Runtime on RUN/export/model.onnx (cnnlab export RUN)")
@@ -61,7 +62,7 @@ def predict(args: argparse.Namespace) -> int:
     from cnnlab.inference import load_run, predict
 
     check_output_file(args.csv, "--csv")
-    run = load_run(args.run, weights=args.weights, device=args.device)
+    run = load_run(args.run, weights=args.weights, device=args.device, precision=args.precision)
     rows = predict(run, args.inputs, args.csv, id_format=args.id_format, backend=args.backend)
     console = Console(highlight=False)
     table = Table()
@@ -72,6 +73,8 @@ def predict(args: argparse.Namespace) -> int:
     console.print(table)
     if len(rows) > args.show:
         console.print(f"... {len(rows) - args.show} more")
+    console.print(f"{len(rows)} images predicted in " + ("fp32 by ONNX Runtime (the export)" if args.backend == "onnx"
+                  else f"{run.predictor.precision} by PyTorch on {run.predictor.device}"), soft_wrap=True)
     if args.csv:
         console.print(f"wrote {len(rows)} predictions to {args.csv}")
     return 0

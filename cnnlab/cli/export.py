@@ -34,9 +34,13 @@ def run(args: argparse.Namespace) -> int:
                         quantize_mode=args.quantize, check=args.check, data=args.data)
     p = result.parity
     print(f"wrote {result.path} and {result.spec_path.name}")
-    print(f"parity on {p['images']} images: top-1 agreement {p['top1_agreement']:.2%}, largest probability "
-          f"difference {p['max_abs_prob_diff']:.1e}, accuracy {p['accuracy_torch']:.4f} (torch) vs "
-          f"{p['accuracy_export']:.4f} (export)")
+    print(f"parity on {p['images']} images against PyTorch in fp32: top-1 agreement {p['top1_agreement']:.2%}, "
+          f"largest probability difference {p['max_abs_prob_diff']:.1e}, accuracy {p['accuracy_torch']:.4f} (torch) "
+          f"vs {p['accuracy_export']:.4f} (export)")
+    if "predict_top1_agreement" in p:
+        print(f"note: cnnlab predict computes in {p['predict_precision']} here (the run's precision): it agrees with "
+              f"the export on {p['predict_top1_agreement']:.2%} of these images; {p['predict_precision']} rounding "
+              "can change an image near a decision boundary. predict --precision fp32 gives the export's numbers")
     if result.int8 is not None:
         q = result.int8
         print(f"int8 ({q['mode']}, {q['images']} images): top-1 agreement {q['top1_agreement']:.2%}, largest "

@@ -74,7 +74,8 @@ def export_run(run: str | Path | Run, fmt: str = "onnx", *, raw_input: bool = Fa
             check_other_size(fmt, path, example, raw_input)
         reference = reference_predictions(run, model, x)
         exported = parity.exported_predictions(fmt, path, model_spec, x, preprocess, exporter)
-        result = exporter.compare(reference, exported, y, ids)
+        result = {**exporter.compare(reference, exported, y, ids), **against_predict(run, exporter, exported, x, y,
+                                                                                     ids)}
         model_spec["parity"] = {k: v for k, v in result.items() if k != "disagreeing"}
         spec_path = tmp / RunDir.EXPORT_SPEC
         spec_path.write_text(json.dumps(model_spec, indent=2), encoding="utf-8")
@@ -124,6 +125,19 @@ def reference_predictions(run: Run, model: torch.nn.Module, x: torch.Tensor) -> 
     reference = build_predictor(run.config, model, run.task, torch.device("cpu"), "fp32",
                                 RunDir(run.dir).read_whitening())
     return reference.predict(x, run.config.train.eval_batch_size).double().numpy()
+
+
+def against_predict(run: Run, exporter: Any, exported: np.ndarray, x: torch.Tensor, y: torch.Tensor,
+                    ids: list[str]) -> dict[str, Any]:
+    """The gate compares with PyTorch in fp32, what the export computes. `cnnlab predict` uses the run's precision
+    on this machine (bf16 where the CPU has native bf16): when that is not fp32, how often it agrees with the export
+    too, so a user who compares the two is told why a few borderline images can differ."""
+    precision = run.predictor.precision
+    out: dict[str, Any] = {"torch_precision": "fp32", "predict_precision": precision}
+    if precision != "fp32":
+        default = run.predictor.predict(x, run.config.train.eval_batch_size).double().numpy()
+        out["predict_top1_agreement"] = exporter.compare(default, exported, y, ids)["top1_agreement"]
+    return out
 
 
 def export_int8(run: Run, path: Path, model_spec: dict[str, Any], images: Any, preprocess: Any,
